@@ -1,0 +1,62 @@
+#include "model/llama.h"
+
+#include "common/error.h"
+
+namespace detinfer {
+
+namespace {
+enum Slot { kX, kH, kQ, kK, kV, kAttn, kGate, kUp, kRows, kLogits };
+}
+
+void llama_forward(Ops& ops, const ModelConfig& c, const ModelWeights& w, const StepBatch& batch,
+                   float* logits_host) {
+  const int64_t T = batch.n_tokens();
+  if (T == 0) return;
+  const int64_t D = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.d_ff;
+  const int64_t L = static_cast<int64_t>(batch.logit_tokens.size());
+
+  float* x = ops.scratch(kX, T * D);        // residual stream
+  float* h = ops.scratch(kH, T * D);        // normed input of a sub-layer, then its output
+  float* q = ops.scratch(kQ, T * Q);
+  float* k = ops.scratch(kK, T * KV);
+  float* v = ops.scratch(kV, T * KV);
+  float* attn = ops.scratch(kAttn, T * Q);
+  float* gate = ops.scratch(kGate, T * F);
+  float* up = ops.scratch(kUp, T * F);
+
+  ops.begin_step(batch);
+  ops.embed(w.tok_embd, x);
+  for (int i = 0; i < c.n_layers; ++i) {
+    const LayerWeights& l = w.layers[i];
+    ops.rmsnorm(x, T, D, l.attn_norm, c.norm_eps, h);
+    ops.matmul(h, T, l.wq, c.qkv_bias ? &l.bq : nullptr, q);
+    ops.matmul(h, T, l.wk, c.qkv_bias ? &l.bk : nullptr, k);
+    ops.matmul(h, T, l.wv, c.qkv_bias ? &l.bv : nullptr, v);
+    if (c.qk_norm) {  // Qwen3: RMSNorm over each head's vector before RoPE
+      ops.rmsnorm(q, T * c.n_heads, c.head_dim, l.q_norm, c.norm_eps, q);
+      ops.rmsnorm(k, T * c.n_kv_heads, c.head_dim, l.k_norm, c.norm_eps, k);
+    }
+    ops.rope(q, c.n_heads);
+    ops.rope(k, c.n_kv_heads);
+    ops.attention(i, q, k, v, attn);
+    ops.matmul(attn, T, l.wo, nullptr, h);
+    ops.add(x, h, T * D);
+
+    ops.rmsnorm(x, T, D, l.ffn_norm, c.norm_eps, h);
+    ops.matmul(h, T, l.w_gate, nullptr, gate);
+    ops.matmul(h, T, l.w_up, nullptr, up);
+    ops.swiglu(gate, up, T * F, gate);
+    ops.matmul(gate, T, l.w_down, nullptr, h);
+    ops.add(x, h, T * D);
+  }
+  if (L == 0) return;
+  // Only the rows whose logits are wanted go through the final norm and the vocabulary matmul.
+  float* rows = ops.scratch(kRows, L * D);
+  ops.gather_logit_rows(x, D, rows);
+  ops.rmsnorm(rows, L, D, w.out_norm, c.norm_eps, rows);
+  float* logits = ops.scratch(kLogits, L * c.vocab_size);
+  ops.matmul(rows, L, w.lm_head, nullptr, logits);
+  ops.to_host(logits, L * c.vocab_size, logits_host);
+}
+
+}  // namespace detinfer

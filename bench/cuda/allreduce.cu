@@ -4,11 +4,13 @@
 //
 //   bench_allreduce [--world 2] [--dtypes f32,bf16,f16] [--min 1K] [--max 256M]
 //                   [--paths nccl,nccl_det,oneshot,twoshot,auto] [--graph-max 256K]
-//                   [--json FILE] [--no-check] [--blocks N] [--slot-kb K] [--ring R] [--sweep]
+//                   [--json FILE] [--no-check] [--blocks N] [--slot-kb K] [--ring R]
+//                   [--two-shot-bytes B] [--sweep | --sweep-bw]   (tuning tables, see run_sweep)
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <barrier>
+#include <condition_variable>
+#include <mutex>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -84,6 +86,29 @@ std::vector<uint8_t> make_input(DataType t, int64_t n, uint64_t seed) {
   return buf;
 }
 
+// A reusable barrier for the rank threads (std::barrier needs C++20, which older CMake cannot
+// request from nvcc).
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    int gen = gen_;
+    if (++count_ == n_) {
+      count_ = 0;
+      ++gen_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return gen != gen_; });
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int n_, count_ = 0, gen_ = 0;
+};
+
 struct Args {
   int world = 2;
   std::vector<DataType> dtypes = {DataType::F32, DataType::BF16, DataType::F16};
@@ -91,7 +116,7 @@ struct Args {
   std::vector<std::string> paths = {"nccl", "nccl_det", "oneshot", "twoshot", "auto"};
   int64_t graph_max = 256 << 10;
   std::string json;
-  bool check = true, sweep = false;
+  bool check = true, sweep = false, sweep_bw = false;
   Options opts = Options::from_env();
   std::string command;
 };
@@ -156,29 +181,35 @@ struct Rig {
       if (!err[r].empty()) detinfer::fail("rank ", r, ": ", err[r]);
   }
 
-  // Eager time per call (µs): back-to-back calls between two events, the slowest rank.
+  // Eager time per call (µs): back-to-back calls between two events, the slowest rank; the
+  // median of three such loops (host-side jitter shows in eager launches of small messages).
   double time_eager(Algo a, DataType t, int64_t count, int iters, int warmup) {
-    std::vector<double> us(N);
-    std::barrier sync(N);
-    each([&](int r) {
-      for (int i = 0; i < warmup; ++i) comms[r]->all_reduce(in[r], out[r], count, t, streams[r], a);
-      comms[r]->synchronize(streams[r]);
-      sync.arrive_and_wait();
-      ck(cudaEventRecord(ev0[r], streams[r]), "record");
-      for (int i = 0; i < iters; ++i) comms[r]->all_reduce(in[r], out[r], count, t, streams[r], a);
-      ck(cudaEventRecord(ev1[r], streams[r]), "record");
-      comms[r]->synchronize(streams[r]);
-      float ms = 0;
-      ck(cudaEventElapsedTime(&ms, ev0[r], ev1[r]), "elapsed");
-      us[r] = ms * 1000.0 / iters;
-    });
-    return *std::max_element(us.begin(), us.end());
+    std::vector<double> reps;
+    for (int rep = 0; rep < 3; ++rep) {
+      std::vector<double> us(N);
+      Barrier sync(N);
+      each([&](int r) {
+        for (int i = 0; i < warmup; ++i) comms[r]->all_reduce(in[r], out[r], count, t, streams[r], a);
+        comms[r]->synchronize(streams[r]);
+        sync.arrive_and_wait();
+        ck(cudaEventRecord(ev0[r], streams[r]), "record");
+        for (int i = 0; i < iters; ++i) comms[r]->all_reduce(in[r], out[r], count, t, streams[r], a);
+        ck(cudaEventRecord(ev1[r], streams[r]), "record");
+        comms[r]->synchronize(streams[r]);
+        float ms = 0;
+        ck(cudaEventElapsedTime(&ms, ev0[r], ev1[r]), "elapsed");
+        us[r] = ms * 1000.0 / iters;
+      });
+      reps.push_back(*std::max_element(us.begin(), us.end()));
+    }
+    std::sort(reps.begin(), reps.end());
+    return reps[1];
   }
 
   // Graph-replayed time per call (µs): `calls` calls captured in one graph, replayed.
   double time_graph(Algo a, DataType t, int64_t count, int calls, int replays) {
     std::vector<double> us(N);
-    std::barrier sync(N);
+    Barrier sync(N);
     each([&](int r) {
       ck(cudaStreamBeginCapture(streams[r], cudaStreamCaptureModeThreadLocal), "begin capture");
       for (int i = 0; i < calls; ++i) comms[r]->all_reduce(in[r], out[r], count, t, streams[r], a);
@@ -245,21 +276,41 @@ std::string machine_json(nlohmann::json& j) {
 }
 
 void run_sweep(Args& a) {
-  // Tuning: large-message bandwidth and small-message latency of the P2P kernels per config.
-  std::printf("# sweep: blocks/role x slot x ring, one-shot and two-shot, fp32\n");
+  const double f = 2.0 * (a.world - 1) / a.world;
+  // Latency: the low-latency protocol against the fenced ring, eager and graph-replayed.
+  std::printf("# sweep A: one-shot latency, low-latency protocol off/on, fp32 (us per call)\n");
+  std::printf("%10s %12s %12s %12s %12s\n", "bytes", "ring_eager", "ring_graph", "ll_eager", "ll_graph");
+  {
+    Options ring = a.opts, ll = a.opts;
+    ring.nccl = ll.nccl = false;
+    ring.ll_bytes = 0;
+    ll.ll_bytes = 4 << 20;
+    Rig r0(a.world, 4 << 20, ring), r1(a.world, 4 << 20, ll);
+    for (int64_t bytes = 1024; bytes <= (4 << 20); bytes *= 2) {
+      const int64_t c = bytes / 4;
+      const int it = iters_for(bytes);
+      std::printf("%10lld %12.2f %12.2f %12.2f %12.2f\n", static_cast<long long>(bytes),
+                  r0.time_eager(Algo::OneShot, DataType::F32, c, it, 5), r0.time_graph(Algo::OneShot, DataType::F32, c, 20, 10),
+                  r1.time_eager(Algo::OneShot, DataType::F32, c, it, 5), r1.time_graph(Algo::OneShot, DataType::F32, c, 20, 10));
+      std::fflush(stdout);
+    }
+  }
+  if (!a.sweep_bw) return;
+  // Bandwidth: blocks per role x slot x ring depth.
+  std::printf("# sweep B: blocks/role x slot x ring, one-shot and two-shot, fp32\n");
   std::printf("%6s %7s %5s %10s %12s %12s %12s %12s\n", "blocks", "slot_kb", "ring", "bytes", "1shot_us", "1shot_busbw",
               "2shot_us", "2shot_busbw");
-  for (int blocks : {16, 24, 32, 40})
-    for (int slot_kb : {32, 64, 128})
+  for (int blocks : {32, 40})
+    for (int slot_kb : {128, 256})
       for (int ring : {2, 4}) {
         Options o = a.opts;
+        o.nccl = false;
         o.blocks = blocks;
         o.slot_bytes = slot_kb * 1024;
         o.ring_depth = ring;
         Rig rig(a.world, 256ll << 20, o);
-        for (int64_t bytes : {int64_t(256) << 10, int64_t(4) << 20, int64_t(64) << 20, int64_t(256) << 20}) {
+        for (int64_t bytes : {int64_t(4) << 20, int64_t(16) << 20, int64_t(64) << 20, int64_t(256) << 20}) {
           const int64_t count = bytes / 4;
-          const double f = 2.0 * (a.world - 1) / a.world;
           double t1 = rig.time_eager(Algo::OneShot, DataType::F32, count, iters_for(bytes), 3);
           double t2 = rig.time_eager(Algo::TwoShot, DataType::F32, count, iters_for(bytes), 3);
           std::printf("%6d %7d %5d %10lld %12.2f %12.2f %12.2f %12.2f\n", blocks, slot_kb, ring, static_cast<long long>(bytes),
@@ -292,6 +343,7 @@ int main(int argc, char** argv) {
       else if (k == "--json") a.json = next();
       else if (k == "--no-check") a.check = false;
       else if (k == "--sweep") a.sweep = true;
+      else if (k == "--sweep-bw") a.sweep = a.sweep_bw = true;
       else if (k == "--blocks") a.opts.blocks = std::stoi(next());
       else if (k == "--slot-kb") a.opts.slot_bytes = std::stoll(next()) * 1024;
       else if (k == "--ring") a.opts.ring_depth = std::stoi(next());
@@ -333,8 +385,7 @@ int main(int argc, char** argv) {
       std::printf("%12s %11s %5s", "size", "count", "type");
       for (auto& p : paths) std::printf(" | %-8s %9s %7s %7s %3s", p.first.c_str(), "time", "algbw", "busbw", "bit");
       std::printf(" | graph:");
-      for (auto& p : paths)
-        if (p.second != Algo::Nccl || true) std::printf(" %8s", p.first.c_str());
+      for (auto& p : paths) std::printf(" %8s", p.first.c_str());
       std::printf("\n");
       for (int64_t bytes = a.min_bytes; bytes <= a.max_bytes; bytes *= 2) {
         const int64_t count = bytes / es;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "model/loader.h"
+#include "model/ops.h"
 #include "runtime/engine.h"
 #include "tokenizer/tokenizer.h"
 
@@ -15,9 +16,15 @@ namespace detinfer::cli {
 struct ModelOptions {
   std::string model;   // empty: the default model
   int threads = 0;     // 0: all cores
-  std::string device = "cpu";
+  std::string device = "auto";  // auto: cuda when built with it and a GPU is present, else cpu
   void add(CLI::App* app);
 };
+
+// "cpu" or "cuda": the backend --device resolves to on this machine (notice on stderr when a
+// requested GPU is not there).
+std::string resolve_device(const ModelOptions& o);
+// The backend's Ops; threads = CPU threads (the CPU backend's workers).
+std::unique_ptr<Ops> make_ops(const std::string& device, int threads);
 
 struct SamplingOptions {
   SamplingParams params;

@@ -8,7 +8,6 @@
 
 #include "cli/cli.h"
 #include "common/error.h"
-#include "kernels/cpu/cpu_ops.h"
 
 namespace detinfer::cli {
 
@@ -65,9 +64,8 @@ void print_stats(const Engine& e, size_t prompt_tokens, const RequestResult& r, 
 
 // Runs the same request again among `others` random requests (random lengths and slots) and says
 // whether its tokens and logprobs came out bitwise identical.
-void check_in_batch(const LoadedModel& m, const Tokenizer& tok, int threads, const RunOptions& o,
+void check_in_batch(const LoadedModel& m, const Tokenizer& tok, Ops& ops, const RunOptions& o,
                     const Request& req, const RequestResult& alone) {
-  CpuOps ops(threads);
   EngineOptions eo = engine_options(o.kv_mb);
   eo.shuffle_seed = 12345;
   eo.prefill_chunk = 7;
@@ -101,8 +99,9 @@ void run(const RunOptions& o) {
   LoadedModel m = load(o.model);
   Tokenizer tok = make_tokenizer(m, o);
   const int threads = resolve_threads(o.model.threads);
-  CpuOps ops(threads);
-  Engine engine(m.config, m.weights, &tok, ops, engine_options(o.kv_mb));
+  const std::string device = resolve_device(o.model);
+  auto ops = make_ops(device, threads);
+  Engine engine(m.config, m.weights, &tok, *ops, engine_options(o.kv_mb));
   std::vector<ChatMessage> history;
   if (!o.system.empty()) history.push_back({"system", o.system});
   history.push_back({"user", o.prompt});
@@ -131,14 +130,17 @@ void run(const RunOptions& o) {
       std::fprintf(stderr, "\n");
     }
   }
-  if (o.check_batch > 0 && !g_interrupted) check_in_batch(m, tok, threads, o, req, r);
+  if (o.check_batch > 0 && !g_interrupted) {
+    auto check_ops = make_ops(device, threads);  // a fresh backend: nothing shared with the first run
+    check_in_batch(m, tok, *check_ops, o, req, r);
+  }
 }
 
 void chat(const RunOptions& o) {
   LoadedModel m = load(o.model);
   Tokenizer tok = make_tokenizer(m, o);
-  CpuOps ops(resolve_threads(o.model.threads));
-  Engine engine(m.config, m.weights, &tok, ops, engine_options(o.kv_mb));
+  auto ops = make_ops(resolve_device(o.model), resolve_threads(o.model.threads));
+  Engine engine(m.config, m.weights, &tok, *ops, engine_options(o.kv_mb));
   std::vector<ChatMessage> history;
   if (!o.system.empty()) history.push_back({"system", o.system});
   install_sigint_handler();

@@ -5,7 +5,6 @@
 
 #include "cli/cli.h"
 #include "common/error.h"
-#include "kernels/cpu/cpu_ops.h"
 #include "runtime/verify.h"
 
 namespace detinfer::cli {
@@ -61,7 +60,8 @@ std::vector<std::vector<int32_t>> load_prompts(const VerifyCli& o, const Tokeniz
 
 // T7 across processes: this binary again, as a child, computes the reference outputs.
 std::string child_digest(const VerifyCli& o, const std::string& model_path) {
-  std::string cmd = cat("/proc/self/exe verify --child-digest -m '", model_path, "' --max-tokens ",
+  std::string cmd = cat("/proc/self/exe verify --child-digest --device ", resolve_device(o.model), " -m '",
+                        model_path, "' --max-tokens ",
                         o.max_tokens, " -t ", resolve_threads(o.model.threads), o.quick ? " --quick" : "",
                         o.long_prompt ? " --long" : "");
   if (!o.prompts_file.empty()) cmd += cat(" --prompts '", o.prompts_file, "'");
@@ -91,7 +91,8 @@ void verify(const VerifyCli& o) {
   } else {
     vo.batch_others = {1, 7, 31, 255};
   }
-  OpsFactory make_ops = [](int t) -> std::unique_ptr<Ops> { return std::make_unique<CpuOps>(t); };
+  const std::string device = resolve_device(o.model);
+  OpsFactory make_ops = [device](int t) { return cli::make_ops(device, t); };
 
   // The reference outputs of every prompt, alone, greedy and sampled: hashed for the
   // two-process check.
@@ -119,8 +120,8 @@ void verify(const VerifyCli& o) {
     return;
   }
 
-  std::printf("verify %s: %zu prompt(s), %d tokens each, %d threads\n", m.path.c_str(), vo.prompts.size(),
-              o.max_tokens, threads);
+  std::printf("verify %s on %s: %zu prompt(s), %d tokens each, %d threads\n", m.path.c_str(), device.c_str(),
+              vo.prompts.size(), o.max_tokens, threads);
   std::printf("%-4s %-30s %-28s %-6s %s\n", "test", "setting", "sampling", "prompt", "result");
   int failures = 0, total = 0;
   auto print = [&](const VerifyCase& c) {

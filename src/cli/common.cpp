@@ -7,6 +7,10 @@
 #include "cli/cli.h"
 #include "common/error.h"
 #include "common/paths.h"
+#include "kernels/cpu/cpu_ops.h"
+#ifdef DETINFER_WITH_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 
 namespace detinfer::cli {
 
@@ -21,7 +25,8 @@ void install_sigint_handler() {
 void ModelOptions::add(CLI::App* app) {
   app->add_option("-m,--model", model, "GGUF file or Hugging Face directory (default: the default model)");
   app->add_option("-t,--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
-  app->add_option("--device", device, "cpu (cuda comes with the CUDA backend)");
+  app->add_option("--device", device, "cpu, cuda or auto (cuda when a GPU is present)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
 }
 
 void SamplingOptions::add(CLI::App* app) {
@@ -52,13 +57,27 @@ int resolve_threads(int threads) {
   return n ? static_cast<int>(n) : 1;
 }
 
+std::string resolve_device(const ModelOptions& o) {
+  if (o.device == "cpu") return "cpu";
+#ifdef DETINFER_WITH_CUDA
+  if (CudaOps::device_count() > 0) return "cuda";
+  if (o.device == "cuda") std::fprintf(stderr, "detinfer: no CUDA GPU found; running on the CPU\n");
+#else
+  if (o.device == "cuda")
+    std::fprintf(stderr, "detinfer: this build has no CUDA backend (nvcc was not found when it was "
+                         "configured); running on the CPU\n");
+#endif
+  return "cpu";
+}
+
+std::unique_ptr<Ops> make_ops(const std::string& device, int threads) {
+#ifdef DETINFER_WITH_CUDA
+  if (device == "cuda") return std::make_unique<CudaOps>(0);
+#endif
+  return std::make_unique<CpuOps>(threads);
+}
+
 LoadedModel load(const ModelOptions& o) {
-  if (o.device != "cpu") {
-    if (o.device == "cuda")
-      std::fprintf(stderr, "detinfer: the CUDA backend is not in this build yet; running on the CPU\n");
-    else
-      fail("unknown --device '", o.device, "' (cpu or cuda)");
-  }
   const std::string path = resolve_model_path(o.model);
   const bool tty = isatty(STDERR_FILENO);
   int last = -1;

@@ -46,10 +46,12 @@ struct Options {
   Order order = Order::RankOrder;  // DETINFER_AR_ORDER: rank|tree
   int64_t timeout_ms = 30000;      // DETINFER_AR_TIMEOUT_MS: how long a kernel waits for a peer
   int blocks = 0;                  // DETINFER_AR_BLOCKS: blocks per role; 0 = from occupancy
-  int64_t slot_bytes = 0;          // DETINFER_AR_SLOT_KB: ring slot size; 0 = 64 KiB
+  int64_t slot_bytes = 0;          // DETINFER_AR_SLOT_KB: ring slot size; 0 = 128 KiB
   int ring_depth = 0;              // DETINFER_AR_RING: slots per ring; 0 = 4
   int64_t two_shot_bytes = -1;     // DETINFER_AR_TWOSHOT_BYTES: auto picks two-shot from this
-                                   // message size up; -1 = by world size (never for 2 ranks)
+                                   // message size up; -1 = by world size
+  int64_t ll_bytes = -1;           // DETINFER_AR_LL_BYTES: one-shot uses the low-latency protocol
+                                   // up to this size; -1 = 256 KiB, 0 = never
   int64_t nccl_scratch_bytes = 0;  // NCCL-based path: larger messages go in pieces; 0 = 64 MiB
   bool p2p = true;                 // DETINFER_AR_P2P=0: no NVLink/P2P kernels (NCCL paths only)
   bool nccl = true;                // DETINFER_AR_NCCL=0: no NCCL communicator

@@ -99,6 +99,7 @@ Options Options::from_env(Options o) {
   if (env("DETINFER_AR_SLOT_KB")) o.slot_bytes = env_int("DETINFER_AR_SLOT_KB", 0, 1, 16384) * 1024;
   o.ring_depth = static_cast<int>(env_int("DETINFER_AR_RING", o.ring_depth, 0, 64));
   o.two_shot_bytes = env_int("DETINFER_AR_TWOSHOT_BYTES", o.two_shot_bytes, -1, int64_t(1) << 50);
+  o.ll_bytes = env_int("DETINFER_AR_LL_BYTES", o.ll_bytes, -1, int64_t(64) << 20);
   o.p2p = env_bool("DETINFER_AR_P2P", o.p2p);
   o.nccl = env_bool("DETINFER_AR_NCCL", o.nccl);
   return o;

@@ -31,6 +31,17 @@ struct Config {
   int ring_depth = 2;        // slots per ring
   int64_t slot_bytes = 256;  // bytes per slot (a multiple of 16)
   int64_t timeout_ms = 20000;
+  int64_t ll_bytes = 0;      // one-shot messages up to this size use the low-latency protocol
+};
+
+// One call of a sequence: every rank's input, output and count.
+struct CallSpec {
+  Algo algo = Algo::OneShot;
+  Order order = Order::RankOrder;
+  DataType dtype = DataType::F32;
+  std::vector<const void*> in;
+  std::vector<void*> out;
+  std::vector<int64_t> counts;
 };
 
 // Error codes, as the kernels report them.
@@ -51,6 +62,10 @@ class World {
   // Same count on every rank; throws Error if any rank reports an error.
   void all_reduce(Algo algo, Order order, DataType dtype, const std::vector<const void*>& in,
                   const std::vector<void*>& out, int64_t count);
+  // A sequence of one-shot / two-shot calls issued back to back, as a GPU stream runs them: a
+  // rank's next call starts when all of its threads finished the previous one (the kernel
+  // boundary), while other ranks may still be in earlier calls. Returns each rank's error code.
+  std::vector<int> run(const std::vector<CallSpec>& calls);
 
   struct Rank;
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "common/paths.h"
 #include "formats/gguf.h"
 #include "formats/hf_dir.h"
 #include "tokenizer/gguf_vocab.h"
@@ -245,6 +246,8 @@ LoadedModel load_model(const std::string& path, const std::function<void(int64_t
     load_gguf(m, path);
   }
   validate_weights(m.config, m.weights, path);
+  check_fits_in_memory(m.weight_bytes(), cat("the model's weights (", path, ")"),
+                       "use a smaller or more quantized model");
   DETINFER_CHECK(m.tokenizer.tokens.size() <= static_cast<size_t>(m.config.vocab_size) + 1024, path,
                  ": the tokenizer has ", m.tokenizer.tokens.size(), " tokens but the model's vocabulary is ",
                  m.config.vocab_size);

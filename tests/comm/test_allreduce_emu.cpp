@@ -141,7 +141,7 @@ TEST(AllreduceEmu, AllAlgorithmsMatchReferenceBitwise) {
   const std::vector<int64_t> sizes = {1, 2, 3, 7, 8, 9, 17, 64, 65, 255, 1000, 4097};
   uint64_t seed = 10;
   for (int nranks : {1, 2, 3, 4, 5, 7, 8})
-    for (auto cfg : {emu::Config{1, 1, 16}, emu::Config{2, 2, 64}, emu::Config{3, 3, 1024}}) {
+    for (auto cfg : {emu::Config{1, 1, 16}, emu::Config{2, 2, 64}, emu::Config{3, 3, 1024, 20000, 600}}) {
       emu::World world(nranks, cfg);  // one world for all calls: counters carry over
       int call = 0;
       for (DataType t : {DataType::F32, DataType::BF16, DataType::F16})
@@ -267,4 +267,53 @@ TEST(AllreduceEmu, BadConfigAndWorldThrow) {
   EXPECT_THROW(emu::World(0, emu::Config{}), detinfer::Error);
   EXPECT_THROW(emu::World(9, emu::Config{}), detinfer::Error);
   EXPECT_THROW(emu::World(2, (emu::Config{1, 1, 20})), detinfer::Error);
+}
+
+// Calls issued back to back, as a stream issues kernels: a fast rank runs ahead into later calls
+// while a slow one still reads earlier ones, which is where reuse of rings and low-latency lines
+// could go wrong. Sizes, algorithms, protocols and in-place use vary from call to call.
+TEST(AllreduceEmu, OverlappingCallSequencesMatchReference) {
+  std::mt19937_64 rng(2024);
+  for (int nranks : {2, 3, 4}) {
+    emu::World world(nranks, emu::Config{2, 2, 128, 20000, 512});
+    for (int round = 0; round < 6; ++round) {
+      const int ncalls = 12;
+      std::vector<emu::CallSpec> calls;
+      std::vector<Inputs> inputs;
+      std::vector<std::vector<std::vector<uint8_t>>> outs;
+      std::vector<std::vector<uint8_t>> refs;
+      inputs.reserve(ncalls);
+      outs.reserve(ncalls);
+      for (int c = 0; c < ncalls; ++c) {
+        const DataType t = static_cast<DataType>(rng() % 3);
+        const Order o = static_cast<Order>(rng() % 2);
+        const Algo a = rng() % 3 == 0 ? Algo::TwoShot : Algo::OneShot;  // one-shot: LL below 512 B
+        const int64_t n = 1 + static_cast<int64_t>(rng() % (rng() % 2 ? 100 : 700));
+        const bool in_place = rng() % 2;
+        inputs.push_back(make_inputs(t, nranks, n, rng()));
+        refs.emplace_back(n * dtype_bytes(t));
+        emu::reference(o, t, inputs.back().ptrs, refs.back().data(), n);
+        outs.emplace_back(nranks, std::vector<uint8_t>(n * dtype_bytes(t), 0xA5));
+        emu::CallSpec cs{a, o, t, inputs.back().ptrs, {}, std::vector<int64_t>(nranks, n)};
+        for (int r = 0; r < nranks; ++r) cs.out.push_back(in_place ? inputs.back().data[r].data() : outs.back()[r].data());
+        calls.push_back(cs);
+      }
+      auto errs = world.run(calls);
+      for (int r = 0; r < nranks; ++r) ASSERT_EQ(errs[r], emu::kOk) << "rank " << r;
+      for (int c = 0; c < ncalls; ++c)
+        for (int r = 0; r < nranks; ++r)
+          ASSERT_EQ(std::memcmp(calls[c].out[r], refs[c].data(), refs[c].size()), 0)
+              << "call " << c << " rank " << r << " " << algo_name(calls[c].algo) << " n=" << calls[c].counts[r];
+    }
+  }
+}
+
+TEST(AllreduceEmu, LowLatencyMismatchReported) {
+  emu::World world(2, emu::Config{2, 2, 64, 20000, 4096});
+  Inputs in = make_inputs(DataType::F32, 2, 100, 8);
+  std::vector<std::vector<uint8_t>> outs(2, std::vector<uint8_t>(100 * 4));
+  auto errs = world.all_reduce(Algo::OneShot, Order::RankOrder, DataType::F32, in.ptrs, {outs[0].data(), outs[1].data()},
+                               {100, 99});
+  EXPECT_EQ(errs[0], emu::kMismatch);
+  EXPECT_EQ(errs[1], emu::kMismatch);
 }

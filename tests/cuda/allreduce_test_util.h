@@ -31,6 +31,11 @@ inline void cuda_or_die(cudaError_t e, const char* what) {
   }
 }
 
+// For code inside rank threads: run_threads() turns the exception into a test failure.
+inline void cuda_throw(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
 inline int gpu_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;

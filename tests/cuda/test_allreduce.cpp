@@ -231,16 +231,25 @@ TEST(AllreduceGpu, GraphCaptureAndReplay) {
       const int64_t n1 = 1001, n2 = 65536 + 9;  // two calls per graph, different sizes
       const DataType t = DataType::BF16;
       std::vector<cudaGraphExec_t> execs(world);
+      std::vector<cudaGraphExec_t> none(world, nullptr);
+      execs = none;
       run_threads(world, [&](int r) {
-        cuda_or_die(cudaSetDevice(w.devices[r]), "set device");
-        cuda_or_die(cudaStreamBeginCapture(w.streams[r], cudaStreamCaptureModeThreadLocal), "begin capture");
-        w.comms[r]->all_reduce(w.in[r], w.out[r], n1, t, w.streams[r], a);
-        w.comms[r]->all_reduce(w.in[r] + 4096, w.in[r] + 4096, n2, t, w.streams[r], a);
-        cudaGraph_t g;
-        cuda_or_die(cudaStreamEndCapture(w.streams[r], &g), "end capture");
-        cuda_or_die(cudaGraphInstantiate(&execs[r], g, 0), "instantiate");
+        cuda_throw(cudaSetDevice(w.devices[r]), "set device");
+        cuda_throw(cudaStreamBeginCapture(w.streams[r], cudaStreamCaptureModeThreadLocal), "begin capture");
+        cudaGraph_t g = nullptr;
+        try {
+          w.comms[r]->all_reduce(w.in[r], w.out[r], n1, t, w.streams[r], a);
+          w.comms[r]->all_reduce(w.in[r] + 4096, w.in[r] + 4096, n2, t, w.streams[r], a);
+        } catch (...) {
+          cudaStreamEndCapture(w.streams[r], &g);  // leave the stream usable
+          if (g) cudaGraphDestroy(g);
+          throw;
+        }
+        cuda_throw(cudaStreamEndCapture(w.streams[r], &g), "end capture");
+        cuda_throw(cudaGraphInstantiate(&execs[r], g, 0), "instantiate");
         cudaGraphDestroy(g);
       });
+      if (::testing::Test::HasFailure()) return;
       for (int rep = 0; rep < 4; ++rep) {
         std::vector<std::vector<uint8_t>> h1(world), h2(world);
         for (int r = 0; r < world; ++r) {
@@ -251,10 +260,11 @@ TEST(AllreduceGpu, GraphCaptureAndReplay) {
           AR_CUDA_OK(cudaMemcpy(w.in[r] + 4096, h2[r].data(), n2 * 2, cudaMemcpyHostToDevice));
         }
         run_threads(world, [&](int r) {
-          cuda_or_die(cudaSetDevice(w.devices[r]), "set device");
-          cuda_or_die(cudaGraphLaunch(execs[r], w.streams[r]), "graph launch");
+          cuda_throw(cudaSetDevice(w.devices[r]), "set device");
+          cuda_throw(cudaGraphLaunch(execs[r], w.streams[r]), "graph launch");
           w.comms[r]->synchronize(w.streams[r]);
         });
+        if (::testing::Test::HasFailure()) return;
         auto ref1 = reference(Order::RankOrder, t, h1, n1), ref2 = reference(Order::RankOrder, t, h2, n2);
         for (int r = 0; r < world; ++r) {
           std::vector<uint8_t> g1(n1 * 2), g2(n2 * 2);

@@ -52,8 +52,8 @@ TEST(DetExpf, UlpErrorOverTheRange) {
       worst_x = x;
     }
   }
-  EXPECT_LE(worst, 1.5) << "at x = " << worst_x;
-  EXPECT_LE(worst_sub, 1.5);  // subnormal results round twice at most once more
+  EXPECT_LE(worst, 1.0) << "at x = " << worst_x;
+  EXPECT_LE(worst_sub, 1.0);
   RecordProperty("exp_max_ulp", std::to_string(worst));
 }
 
@@ -93,7 +93,7 @@ TEST(DetLogf, UlpErrorOverTheRange) {
       worst_x = x;
     }
   }
-  EXPECT_LE(worst, 1.5) << "at x = " << worst_x;
+  EXPECT_LE(worst, 1.0) << "at x = " << worst_x;
   RecordProperty("log_max_ulp", std::to_string(worst));
 }
 

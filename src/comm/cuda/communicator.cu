@@ -31,11 +31,21 @@ using cuda::Layout;
 
 namespace {
 
-constexpr int kDefaultBlocks = 32;
-constexpr int64_t kDefaultSlotBytes = 64 << 10;
+// Defaults from the sweeps on 2 x H200 (docs/ALLREDUCE.md): bigger slots amortise the one fence
+// per ring step; 40 blocks per role keep NVLink busy while three roles still fit on 132 SMs; the
+// low-latency protocol wins up to 256 KiB (its 16-byte lines carry 8 payload bytes, so it loses
+// on bandwidth above that); two-shot edges out one-shot from 64 MiB at 2 ranks.
+constexpr int kDefaultBlocks = 40;
+constexpr int64_t kDefaultSlotBytes = 128 << 10;
 constexpr int kDefaultRing = 4;
 constexpr int64_t kDefaultNcclScratch = 64ll << 20;
+constexpr int64_t kDefaultLLBytes = 256 << 10;
+constexpr int64_t kTwoShotBytesTwoRanks = 64ll << 20;
 constexpr int64_t kTwoShotBytesManyRanks = 512 << 10;
+
+int64_t ll_bytes_of(const Options& o) { return o.ll_bytes >= 0 ? o.ll_bytes : kDefaultLLBytes; }
+// The low-latency kernel has one role, so it may use the residency of all three ring roles.
+int ll_blocks(int G) { return std::min(3 * G, 128); }
 
 void cuda_ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("all-reduce: ", what, " failed: ", cudaGetErrorString(e));
@@ -298,26 +308,26 @@ struct Communicator::Impl {
     return false;
   }
 
+  // why (may be null: building the string costs more than the rest of a small call)
   Algo select(size_t count, DataType dtype, std::string* why) const {
     const int64_t bytes = static_cast<int64_t>(count) * dtype_bytes(dtype);
-    std::string none;
-    std::string& w = why ? *why : none;
     if (N == 1) {
-      w = "world size 1: a copy";
+      if (why) *why = "world size 1: a copy";
       return Algo::OneShot;
     }
     if (p2p_ok) {
-      int64_t thr = opts.two_shot_bytes >= 0 ? opts.two_shot_bytes : (N <= 2 ? INT64_MAX : kTwoShotBytesManyRanks);
+      int64_t thr = opts.two_shot_bytes >= 0 ? opts.two_shot_bytes : (N <= 2 ? kTwoShotBytesTwoRanks : kTwoShotBytesManyRanks);
       if (bytes >= thr) {
-        w = cat(bytes_str(bytes), " >= two-shot threshold ", bytes_str(thr));
+        if (why) *why = cat(bytes_str(bytes), " >= two-shot threshold ", bytes_str(thr));
         return Algo::TwoShot;
       }
-      w = thr == INT64_MAX ? std::string("2 ranks: one-shot moves as few NVLink bytes as two-shot, in one stage")
-                           : cat(bytes_str(bytes), " < two-shot threshold ", bytes_str(thr));
+      if (why)
+        *why = cat(bytes_str(bytes), " < two-shot threshold ", bytes_str(thr),
+                   bytes <= static_cast<int64_t>(lay.ll_lines) * 8 ? ", low-latency protocol" : ", ring protocol");
       return Algo::OneShot;
     }
     if (nccl_ok) {
-      w = cat("P2P kernels unavailable (", p2p_why, ")");
+      if (why) *why = cat("P2P kernels unavailable (", p2p_why, ")");
       return Algo::NcclDet;
     }
     fail("all-reduce: no deterministic path: P2P kernels: ", p2p_why, "; NCCL: ", nccl_why);
@@ -326,14 +336,14 @@ struct Communicator::Impl {
   Algo resolve(Algo requested, size_t count, DataType dtype, std::string* why) const {
     std::string reason;
     if (requested != Algo::Auto) {
-      DETINFER_CHECK(available(requested, &reason), "all_reduce: algorithm ", algo_name(requested),
-                     " requested by the caller cannot run: ", reason);
-      *why = "requested by the caller";
+      if (!available(requested, &reason))
+        fail("all_reduce: algorithm ", algo_name(requested), " requested by the caller cannot run: ", reason);
+      if (why) *why = "requested by the caller";
       return requested;
     }
     if (opts.algo != Algo::Auto) {
       if (available(opts.algo, &reason)) {
-        *why = "forced by DETINFER_AR_ALGO / Options::algo";
+        if (why) *why = "forced by DETINFER_AR_ALGO / Options::algo";
         return opts.algo;
       }
       if (!env_fallback_warned) {
@@ -352,12 +362,35 @@ struct Communicator::Impl {
     a.out = out;
     a.plan = make_plan(static_cast<int64_t>(count), N, algo == Algo::TwoShot, G, lay.slot_bytes / es, 16 / es);
     a.meta = call_meta(static_cast<int64_t>(count), dtype, algo, order);
-    const bool vec = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-    int rc = cuda::launch_allreduce(a, dtype, order, vec, stream);
+    int rc;
+    if (algo == Algo::OneShot && static_cast<int64_t>(count) * es <= lay.ll_lines * 8) {
+      const bool vec8 = reinterpret_cast<uintptr_t>(in) % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
+      rc = cuda::launch_allreduce_ll(a, dtype, order, vec8, stream);
+    } else {
+      const bool vec = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+      rc = cuda::launch_allreduce(a, dtype, order, vec, stream);
+    }
     cuda_ok(static_cast<cudaError_t>(rc), "launching the all-reduce kernel");
   }
 
 #ifdef DETINFER_HAVE_NCCL
+  // Runs the NCCL paths once at creation so NCCL sets up its connections now: done lazily,
+  // inside a CUDA graph capture, that setup fails ("operation not permitted when capturing").
+  void warm_nccl() {
+    DeviceGuard g(device);
+    cudaStream_t s;
+    AR_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const size_t n = 1 << 20;  // 4 MiB of fp32: large enough to use every channel
+    void* buf = nullptr;
+    AR_CUDA(cudaMalloc(&buf, n * 4));
+    AR_CUDA(cudaMemsetAsync(buf, 0, n * 4, s));
+    run_nccl_det(buf, buf, n, DataType::F32, Order::RankOrder, s);
+    AR_NCCL(ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, nccl, s));
+    AR_CUDA(cudaStreamSynchronize(s));
+    cudaFree(buf);
+    cudaStreamDestroy(s);
+  }
+
   // The two-shot order from NCCL primitives: each rank receives its slice from every peer
   // (send/recv), sums it in rank order locally, then all-gathers the sums. Same bits as the P2P
   // kernels; works across nodes. Messages beyond the scratch go through in pieces.
@@ -419,7 +452,7 @@ std::vector<std::unique_ptr<Communicator>> Communicator::create_local(const std:
   for (int r = 0; r < N; ++r) G = std::min(G, blocks_for(opts, device_facts(devices[r]), rod[r]));
   const int R = opts.ring_depth > 0 ? opts.ring_depth : kDefaultRing;
   const int64_t slot = opts.slot_bytes > 0 ? (opts.slot_bytes + 15) / 16 * 16 : kDefaultSlotBytes;
-  const Layout lay = cuda::make_layout(G, N, R, slot);
+  const Layout lay = cuda::make_layout(G, N, R, slot, ll_bytes_of(opts), ll_blocks(G));
 
   std::vector<std::unique_ptr<Impl>> impls;
   for (int r = 0; r < N; ++r) {
@@ -505,6 +538,19 @@ std::vector<std::unique_ptr<Communicator>> Communicator::create_local(const std:
         DeviceGuard g(devices[r]);
         impls[r]->alloc_scratch();
       }
+      // One host thread per rank: NCCL calls of several ranks from one thread would need a group.
+      std::vector<std::thread> warm;
+      std::vector<std::string> errs(N);
+      for (int r = 0; r < N; ++r)
+        warm.emplace_back([&, r] {
+          try {
+            impls[r]->warm_nccl();
+          } catch (const std::exception& e) {
+            errs[r] = e.what();
+          }
+        });
+      for (auto& t : warm) t.join();
+      for (int r = 0; r < N; ++r) DETINFER_CHECK(errs[r].empty(), "all-reduce: NCCL warm-up on rank ", r, ": ", errs[r]);
     } else {
       for (auto& m : impls) m->nccl_why = cat("ncclCommInitAll failed: ", ncclGetErrorString(res));
     }
@@ -563,7 +609,9 @@ std::unique_ptr<Communicator> Communicator::create(const Bootstrap& boot, const 
     DeviceFacts facts;
     int device;
     int32_t p2p_wanted;
-  } mine{host_hash(), device_facts(m->device), m->device, opts.p2p ? 1 : 0};
+    int64_t knobs[5];  // options that must agree: they decide which kernels pair up
+  } mine{host_hash(), device_facts(m->device), m->device, opts.p2p ? 1 : 0,
+         {opts.blocks, opts.slot_bytes, opts.ring_depth, opts.two_shot_bytes, ll_bytes_of(opts)}};
   std::vector<uint8_t> blob(sizeof(Info));
   std::memcpy(blob.data(), &mine, sizeof(Info));
   auto all = store_all_gather(st, m->key + "info", me, N, blob, boot_timeout);
@@ -574,6 +622,9 @@ std::unique_ptr<Communicator> Communicator::create(const Bootstrap& boot, const 
   }
   bool same_host = true, wanted = true;
   for (int r = 0; r < N; ++r) {
+    DETINFER_CHECK(std::memcmp(infos[r].knobs, mine.knobs, sizeof(mine.knobs)) == 0, "all-reduce bootstrap: rank ", r,
+                   " has different DETINFER_AR_BLOCKS / _SLOT_KB / _RING / _TWOSHOT_BYTES / _LL_BYTES settings than rank ",
+                   me, "; every rank must use the same ones");
     same_host = same_host && infos[r].host == mine.host;
     wanted = wanted && infos[r].p2p_wanted;
     if (r != me && infos[r].host == mine.host && std::strcmp(infos[r].facts.bus_id, mine.facts.bus_id) == 0)
@@ -589,7 +640,7 @@ std::unique_ptr<Communicator> Communicator::create(const Bootstrap& boot, const 
   m->G = G;
   const int R = opts.ring_depth > 0 ? opts.ring_depth : kDefaultRing;
   const int64_t slot = opts.slot_bytes > 0 ? (opts.slot_bytes + 15) / 16 * 16 : kDefaultSlotBytes;
-  m->lay = cuda::make_layout(G, N, R, slot);
+  m->lay = cuda::make_layout(G, N, R, slot, ll_bytes_of(opts), ll_blocks(G));
   AR_CUDA(cudaMalloc(&m->region, m->lay.total));
   AR_CUDA(cudaMemset(m->region, 0, m->lay.total));
   AR_CUDA(cudaDeviceSynchronize());
@@ -664,6 +715,7 @@ std::unique_ptr<Communicator> Communicator::create(const Bootstrap& boot, const 
       m->nccl_ok = true;
       m->nccl_why = "ncclCommInitRank";
       m->alloc_scratch();
+      m->warm_nccl();
     } else {
       m->nccl = nullptr;
       m->nccl_why = cat("ncclCommInitRank failed: ", ncclGetErrorString(res), " (", ncclGetLastError(nullptr), ")");
@@ -715,7 +767,7 @@ void Communicator::all_reduce(const void* in, void* out, size_t count, DataType 
     if (out != in) m.check_pointer(out, bytes, "out");
   }
   std::string why;
-  Algo a = m.resolve(algo, count, dtype, &why);
+  Algo a = m.resolve(algo, count, dtype, debug_log_enabled() ? &why : nullptr);
   DETINFER_CHECK(!(a == Algo::Nccl && order == Order::Tree),
                  "all_reduce: plain NCCL has no fixed summation order; the tree order needs oneshot, twoshot or nccl_det");
   if (debug_log_enabled())

@@ -317,6 +317,10 @@ __device__ void reduce_role(const KernelArgs& a, int b) {
   for (int64_t k = 0; k < steps; ++k) {
     const uint64_t t = t0 + k, ta = ta0 + k;
     const int64_t j = a.plan.chunk(b, k);
+    // Return the slots read so far (every step before t, the previous call's too). Sent here
+    // rather than after the step's reads, its fence overlaps the wait below and stays off the
+    // end of the kernel; a pusher needs a credit only R steps later.
+    if (tid < N && tid != me && t > 0) st_release(counter(peer, a.lay.d_credit, b, me), t);
     if (tid < N) {
       bool ok = wait_geq(a, counter(mine, a.lay.d_ready, b, tid), t + 1, kRoleReduce, b, tid, t);
       if (ok && two && tid != me && ta + 1 > static_cast<uint64_t>(R))
@@ -345,10 +349,7 @@ __device__ void reduce_role(const KernelArgs& a, int b) {
     }
     block_reduce<DT, O, NF, VEC>(src, N, static_cast<uint8_t*>(a.out) + lo * ES, adst, two ? others : 0u, hi - lo);
     __syncthreads();
-    if (tid < N && tid != me) {
-      st_release(counter(peer, a.lay.d_credit, b, me), t + 1);
-      if (two) st_release(counter(peer, a.lay.a_ready, b, me), ta + 1);
-    }
+    if (two && tid < N && tid != me) st_release(counter(peer, a.lay.a_ready, b, me), ta + 1);
   }
   if (tid == 0) {
     *cnt_d = t0 + steps;
@@ -376,6 +377,7 @@ __device__ void gather_role(const KernelArgs& a, int b) {
   for (int64_t k = 0; k < steps; ++k) {
     const uint64_t ta = ta0 + k;
     const int64_t j = a.plan.chunk(b, k);
+    if (tid < N && tid != me && ta > 0) st_release(counter(peer, a.lay.a_credit, b, me), ta);  // deferred, as above
     if (tid < N && tid != me)
       if (!wait_geq(a, counter(mine, a.lay.a_ready, b, tid), ta + 1, kRoleGather, b, tid, ta)) s_abort = 1;
     __syncthreads();
@@ -388,7 +390,6 @@ __device__ void gather_role(const KernelArgs& a, int b) {
       block_copy<ES, VEC>(dst, 1u, mine + slot_off(a.lay, a.lay.a_data, b, s, ta), hi - lo);
     }
     __syncthreads();
-    if (tid < N && tid != me) st_release(counter(peer, a.lay.a_credit, b, me), ta + 1);
   }
   if (tid == 0) *cnt = ta0 + steps;
 }
@@ -438,6 +439,193 @@ __global__ void __launch_bounds__(256) local_reduce_kernel(const uint8_t* own, c
   }
 }
 
+
+// ---- low-latency one-shot ---------------------------------------------------------------------
+// Each 8-byte payload is sent as one 16-byte store {p0, e, p1, e} where e is the call's epoch:
+// the reader polls the line until both epoch words match, so data and "ready" arrive together
+// (8-byte stores are not torn) and no fence or flag round trip is needed. Line i always belongs
+// to block i mod G, and block b's epoch counts block b's calls, so a line's epochs only grow.
+// The 32-bit epoch written into a line is never 0 (fresh memory) and repeats only every 2^32 - 1
+// calls; the parity comes from the 64-bit call count.
+// Lines come in two parities (call count & 1): rank q overwrites a parity-P line at call e+2 only after
+// its call e+1 finished, which needed every peer's call e+1 lines, and a peer writes those only
+// after its own call e has finished reading. So nothing is overwritten while it is still read.
+__device__ __forceinline__ void st_volatile_v4(uint8_t* p, uint4 v) {
+  asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ uint4 ld_volatile_v4(const uint8_t* p) {
+  uint4 v;
+  asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ uint8_t* ll_line(const KernelArgs& a, uint8_t* base, int par, int src, int64_t idx) {
+  const int64_t per_src = a.lay.ll_G + a.lay.ll_lines;
+  return base + a.lay.ll + ((static_cast<int64_t>(par) * a.lay.N + src) * per_src + idx) * 16;
+}
+// Polls a line until it carries epoch e in both halves; false on timeout or another error.
+__device__ __forceinline__ bool ll_wait(const KernelArgs& a, const uint8_t* p, uint32_t e, int b, int peer, uint4* out) {
+  uint4 v = ld_volatile_v4(p);
+  if (v.y == e && v.w == e) {
+    *out = v;
+    return true;
+  }
+  const uint64_t start = global_ns();
+  for (uint32_t it = 1;; ++it) {
+    v = ld_volatile_v4(p);
+    if (v.y == e && v.w == e) {
+      *out = v;
+      return true;
+    }
+    if ((it & 15) == 0) {
+      if (has_error(a)) return false;
+      if (global_ns() - start > a.timeout_ns) {
+        raise_error(a, kErrTimeout, kRoleReduce, b, peer, e, e, v.y);
+        return false;
+      }
+    }
+  }
+}
+
+// 8 bytes of the message from line i (zero past the end); VEC8: the pointer is 8-byte aligned.
+template <int ES, bool VEC8>
+__device__ __forceinline__ uint2 ll_load(const void* base, int64_t i, int64_t nbytes) {
+  const uint8_t* p = static_cast<const uint8_t*>(base) + i * 8;
+  if (VEC8 && i * 8 + 8 <= nbytes) return __ldcg(reinterpret_cast<const uint2*>(p));
+  uint32_t w[2] = {0, 0};
+  DETINFER_UNROLL
+  for (int k = 0; k < 8 / ES; ++k) {
+    if (i * 8 + (k + 1) * ES > nbytes) break;
+    uint32_t x = ES == 4 ? __ldcg(reinterpret_cast<const unsigned int*>(p) + k)
+                         : static_cast<uint32_t>(__ldcg(reinterpret_cast<const unsigned short*>(p) + k));
+    w[(k * ES) / 4] |= x << (((k * ES) % 4) * 8);
+  }
+  return make_uint2(w[0], w[1]);
+}
+template <int ES, bool VEC8>
+__device__ __forceinline__ void ll_store(void* base, int64_t i, int64_t nbytes, uint2 v) {
+  uint8_t* p = static_cast<uint8_t*>(base) + i * 8;
+  if (VEC8 && i * 8 + 8 <= nbytes) {
+    *reinterpret_cast<uint2*>(p) = v;
+    return;
+  }
+  const uint32_t w[2] = {v.x, v.y};
+  DETINFER_UNROLL
+  for (int k = 0; k < 8 / ES; ++k) {
+    if (i * 8 + (k + 1) * ES > nbytes) break;
+    const uint32_t x = w[(k * ES) / 4] >> (((k * ES) % 4) * 8);
+    if (ES == 4) reinterpret_cast<unsigned int*>(p)[k] = x;
+    else reinterpret_cast<unsigned short*>(p)[k] = static_cast<unsigned short>(x);
+  }
+}
+
+template <DataType DT, Order O, int NF, bool VEC8>
+__global__ void __launch_bounds__(kThreads) ll_kernel(const __grid_constant__ KernelArgs a) {
+  using E = Elem<DT>;
+  constexpr int ES = E::kBytes;
+  constexpr int U = NF == 2 ? 4 : 1;  // lines in flight per thread
+  __shared__ uint64_t s_c;
+  __shared__ int s_abort;
+  const int b = blockIdx.x, tid = threadIdx.x, me = a.me, G = a.lay.ll_G;
+  const int n = NF > 0 ? NF : a.nranks;
+  uint64_t* cnt = reinterpret_cast<uint64_t*>(a.base[me] + a.lay.ll_count) + b;
+  if (tid == 0) {
+    s_c = *cnt + 1;
+    s_abort = has_error(a);
+  }
+  __syncthreads();
+  if (s_abort) return;
+  const uint64_t c = s_c;
+  const uint32_t e = static_cast<uint32_t>(c % 0xffffffffull) + 1;
+  const int par = static_cast<int>(c & 1);
+  const int64_t nbytes = a.plan.n * ES, nlines = (nbytes + 7) / 8;
+  const int64_t stride = static_cast<int64_t>(G) * kThreads;
+  const int64_t first = b + static_cast<int64_t>(G) * tid;
+  uint8_t* mine = a.base[me];
+
+  // Send: a header line per block (the call's metadata), then this block's payload lines.
+  if (tid < n && tid != me)
+    st_volatile_v4(ll_line(a, base_of(a, tid), par, me, b),
+                   make_uint4(static_cast<uint32_t>(a.meta), e, static_cast<uint32_t>(a.meta >> 32), e));
+  for (int64_t i0 = first; i0 < nlines; i0 += U * stride) {
+    uint2 p[U];
+    DETINFER_UNROLL
+    for (int u = 0; u < U; ++u)
+      if (i0 + u * stride < nlines) p[u] = ll_load<ES, VEC8>(a.in, i0 + u * stride, nbytes);
+    DETINFER_UNROLL
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + u * stride;
+      if (i >= nlines) continue;
+      const uint4 v = make_uint4(p[u].x, e, p[u].y, e);
+      DETINFER_UNROLL
+      for (int q = 0; q < kMaxRanks; ++q)
+        if (q < n && q != me) st_volatile_v4(ll_line(a, a.base[q], par, me, G + i), v);
+    }
+  }
+  // Every peer made the same call? Checked before anything is reduced.
+  if (tid < n && tid != me) {
+    uint4 h;
+    if (!ll_wait(a, ll_line(a, mine, par, tid, b), e, b, tid, &h)) s_abort = 1;
+    else {
+      const uint64_t m = static_cast<uint64_t>(h.x) | (static_cast<uint64_t>(h.z) << 32);
+      if (m != a.meta) {
+        raise_error(a, kErrMismatch, kRoleReduce, b, tid, e, a.meta, m);
+        s_abort = 1;
+      }
+    }
+  }
+  __syncthreads();
+  if (s_abort) return;
+  // Sum: the same lines as sent, so an in-place input is read before it is overwritten. U lines
+  // are loaded at once; only those not there yet are polled again.
+  for (int64_t i0 = first; i0 < nlines; i0 += U * stride) {
+    uint4 v[U][kMaxRanks];
+    DETINFER_UNROLL
+    for (int u = 0; u < U; ++u)
+      DETINFER_UNROLL
+      for (int q = 0; q < kMaxRanks; ++q)
+        v[u][q] = (q < n && q != me && i0 + u * stride < nlines) ? ld_volatile_v4(ll_line(a, mine, par, q, G + i0 + u * stride))
+                                                                  : make_uint4(0, e, 0, e);
+    DETINFER_UNROLL
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + u * stride;
+      if (i >= nlines) continue;
+      uint32_t w[kMaxRanks][2];
+      DETINFER_UNROLL
+      for (int q = 0; q < kMaxRanks; ++q) {
+        w[q][0] = w[q][1] = 0;
+        if (q >= n) continue;
+        if (q == me) {
+          const uint2 p = ll_load<ES, VEC8>(a.in, i, nbytes);
+          w[q][0] = p.x;
+          w[q][1] = p.y;
+        } else {
+          if ((v[u][q].y != e || v[u][q].w != e) && !ll_wait(a, ll_line(a, mine, par, q, G + i), e, b, q, &v[u][q])) return;
+          w[q][0] = v[u][q].x;
+          w[q][1] = v[u][q].z;
+        }
+      }
+      uint32_t r[2] = {0, 0};
+      DETINFER_UNROLL
+      for (int lane = 0; lane < 8 / ES; ++lane) {
+        float f[kMaxRanks];
+        DETINFER_UNROLL
+        for (int q = 0; q < kMaxRanks; ++q) {
+          const uint32_t word = w[q][(lane * ES) / 4];
+          const uint32_t bits = ES == 4 ? word : (word >> ((lane & 1) * 16)) & 0xffffu;
+          f[q] = q < n ? E::to_f(static_cast<typename E::T>(bits)) : 0.0f;
+        }
+        const uint32_t out = E::from_f(reduce_values<O>(f, n));
+        if (ES == 4) r[lane] = out;
+        else r[lane >> 1] |= out << ((lane & 1) * 16);
+      }
+      ll_store<ES, VEC8>(a.out, i, nbytes, make_uint2(r[0], r[1]));
+    }
+  }
+  if (tid == 0) *cnt = c;
+}
+
 // ---- dispatch --------------------------------------------------------------------------------
 using AllreduceFn = void (*)(KernelArgs);
 
@@ -467,6 +655,27 @@ void* pick_kernel(DataType dt, Order o, int n, bool vec) {
   return nullptr;
 }
 
+template <DataType DT, Order O, int NF>
+void* pick_ll_vec(bool vec) {
+  return vec ? reinterpret_cast<void*>(&ll_kernel<DT, O, NF, true>) : reinterpret_cast<void*>(&ll_kernel<DT, O, NF, false>);
+}
+template <DataType DT, Order O>
+void* pick_ll_nf(int n, bool vec) {
+  return n == 2 ? pick_ll_vec<DT, O, 2>(vec) : pick_ll_vec<DT, O, 0>(vec);
+}
+template <DataType DT>
+void* pick_ll_order(Order o, int n, bool vec) {
+  return o == Order::RankOrder ? pick_ll_nf<DT, Order::RankOrder>(n, vec) : pick_ll_nf<DT, Order::Tree>(n, vec);
+}
+void* pick_ll_kernel(DataType dt, Order o, int n, bool vec) {
+  switch (dt) {
+    case DataType::F32: return pick_ll_order<DataType::F32>(o, n, vec);
+    case DataType::BF16: return pick_ll_order<DataType::BF16>(o, n, vec);
+    case DataType::F16: return pick_ll_order<DataType::F16>(o, n, vec);
+  }
+  return nullptr;
+}
+
 template <DataType DT, Order O>
 void* pick_local(bool vec) {
   return vec ? reinterpret_cast<void*>(&local_reduce_kernel<DT, O, true>)
@@ -490,6 +699,12 @@ int launch_allreduce(const KernelArgs& a, DataType dtype, Order order, bool vec,
   void* args[] = {const_cast<KernelArgs*>(&a)};
   return static_cast<int>(cudaLaunchKernel(fn, dim3(roles * a.plan.G), dim3(kThreads), args, 0,
                                            static_cast<cudaStream_t>(stream)));
+}
+
+int launch_allreduce_ll(const KernelArgs& a, DataType dtype, Order order, bool vec8, void* stream) {
+  void* fn = pick_ll_kernel(dtype, order, a.nranks, vec8);
+  void* args[] = {const_cast<KernelArgs*>(&a)};
+  return static_cast<int>(cudaLaunchKernel(fn, dim3(a.lay.ll_G), dim3(kThreads), args, 0, static_cast<cudaStream_t>(stream)));
 }
 
 int launch_local_reduce(const void* own, const void* scratch, int64_t stride, int me, int nranks, int64_t count,
@@ -525,6 +740,10 @@ int preload_kernels() {
           if (cudaFuncGetAttributes(&attr, fn) != cudaSuccess) return 0;
           int blocks = 0;
           if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kThreads, 0) != cudaSuccess) return 0;
+          fewest = blocks < fewest ? blocks : fewest;
+          void* ll = pick_ll_kernel(dt, o, n, vec);
+          if (cudaFuncGetAttributes(&attr, ll) != cudaSuccess) return 0;
+          if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, ll, kThreads, 0) != cudaSuccess) return 0;
           fewest = blocks < fewest ? blocks : fewest;
           cudaFuncAttributes la;
           if (cudaFuncGetAttributes(&la, pick_local_kernel(dt, o, vec)) != cudaSuccess) return 0;

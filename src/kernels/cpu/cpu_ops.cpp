@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/paths.h"
 
 namespace detinfer {
 
@@ -23,6 +24,7 @@ void CpuOps::init(const ModelConfig& config, const KvCacheShape& kv) {
     for (size_t i = 0; i < inv_freq_.size(); ++i)
       inv_freq_[i] = static_cast<float>(static_cast<double>(inv_freq_[i]) / r.freq_factors[i]);
   }
+  check_fits_in_memory(kv.bytes(), "the KV cache", "make it smaller (--kv-mb) or run fewer sequences");
   const int64_t per_layer = kv.num_blocks * kv.block_size * kv.n_kv_heads * kv.head_dim;
   k_cache_.assign(kv.n_layers, std::vector<float>(per_layer, 0.0f));
   v_cache_.assign(kv.n_layers, std::vector<float>(per_layer, 0.0f));

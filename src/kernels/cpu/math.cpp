@@ -4,13 +4,22 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/simd.h"
 
+#ifdef DETINFER_X86
+#include <cpuid.h>
+#endif
+
 namespace detinfer::cpu {
 
 namespace {
 bool cpu_has_avx2() {
 #ifdef DETINFER_X86
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
+  // __builtin_cpu_supports checks the OS saves the AVX state too; F16C (CPUID.1:ECX bit 29) is
+  // read directly, as not every compiler knows its name.
+  static const bool has = [] {
+    unsigned eax, ebx, ecx, edx;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+    return f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return has;
 #else
   return false;

@@ -347,7 +347,7 @@ void matmul(ThreadPool& pool, const float* x, int64_t M, int64_t K, const Tensor
 #endif
   pool.parallel_for(n_col * n_row, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> buf;
-    int64_t panel_c0 = -1;
+    [[maybe_unused]] int64_t panel_c0 = -1;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c0 = (t / n_row) * col_block, c1 = std::min(N, c0 + col_block);
       const int64_t r0 = (t % n_row) * kRowChunk, r1 = std::min(M, r0 + kRowChunk);

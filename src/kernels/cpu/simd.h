@@ -10,7 +10,8 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__x86_64__) || defined(__i386__)
+// DETINFER_NO_SIMD builds the portable path only (as on non-x86 CPUs).
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(DETINFER_NO_SIMD)
 #define DETINFER_X86 1
 #include <immintrin.h>
 // F16C comes with every AVX2 CPU; the dispatch checks all three.

@@ -1,0 +1,524 @@
+// CudaOps: device memory, weight upload, step metadata, and the calls into the kernels
+// (kernels/cuda/launch.h). Everything runs on one stream of the object's device, in issue order.
+#include "kernels/cuda/cuda_ops.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+#include <vector>
+
+#include "common/error.h"
+#include "common/half.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/launch.h"
+
+namespace detinfer {
+
+namespace {
+
+using cuda::check;
+
+// A device allocation that frees itself.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(int64_t bytes, const char* what) { allocate(bytes, what); }
+  ~DeviceBuffer() { release(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr, o.bytes_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = o.p_, bytes_ = o.bytes_;
+      o.p_ = nullptr, o.bytes_ = 0;
+    }
+    return *this;
+  }
+  void allocate(int64_t bytes, const char* what) {
+    release();
+    const size_t n = static_cast<size_t>(std::max<int64_t>(bytes, 256));
+    const cudaError_t err = cudaMalloc(&p_, n);
+    if (err != cudaSuccess) {
+      p_ = nullptr;
+      cudaGetLastError();  // so that later calls do not report this error again
+      fail("CUDA: cannot allocate ", n, " bytes of device memory for ", what, ": ",
+           cudaGetErrorString(err));
+    }
+    bytes_ = static_cast<int64_t>(n);
+  }
+  void release() {
+    if (p_) cudaFree(p_);
+    p_ = nullptr, bytes_ = 0;
+  }
+  template <typename T>
+  T* as() const { return static_cast<T*>(p_); }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  void* p_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// What an upload was made from, besides its address: a tensor with other dtype or shape at the
+// same address (the first one freed, another loaded there) is uploaded afresh.
+struct Signature {
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  explicit Signature(const TensorView& t) : dtype(t.dtype), shape(t.shape) {}
+  bool matches(const TensorView& t) const { return dtype == t.dtype && shape == t.shape; }
+};
+
+// Offsets (in int32) of the step's arrays inside the metadata buffer.
+struct StepLayout {
+  int64_t tokens = 0, pos = 0, slots = 0, table_off = 0, logit_rows = 0, tables = 0, total = 0;
+};
+
+}  // namespace
+
+struct CudaOps::Impl {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cudaEvent_t meta_copied = nullptr;  // the last metadata upload has left the pinned buffer
+
+  ModelConfig config;
+  KvCacheShape kv;
+  bool initialized = false;
+  DeviceBuffer k_cache, v_cache;  // all layers: [n_layers][num_blocks][block_size][kv_dim]
+
+  // RoPE: inv_freq as the CPU computes it, and cos/sin tables for positions [0, rope_rows)
+  // filled on the host with the CPU's formula, grown when a step needs a later position.
+  std::vector<float> inv_freq;
+  std::vector<float> cos_host, sin_host;
+  int64_t rope_rows = 0;
+  DeviceBuffer cos_dev, sin_dev;
+
+  std::vector<DeviceBuffer> scratch;
+
+  struct Matrix {
+    Signature sig;
+    DeviceBuffer data;
+    cuda::GemmWeight view;
+  };
+  struct Raw {
+    Signature sig;
+    DeviceBuffer data;
+    int64_t rows = 0, row_bytes = 0;
+  };
+  struct Vector {
+    Signature sig;
+    DeviceBuffer data;
+  };
+  // Uploads keyed by TensorView::data.
+  std::unordered_map<const void*, Matrix> matrices;  // matmul weights, bf16 padded
+  std::unordered_map<const void*, Raw> raw_tables;   // embedding tables, as stored
+  std::unordered_map<const void*, Vector> vectors;   // norms and biases, fp32
+
+  // Drops the entry for t's address if it was made from another tensor.
+  template <typename Map>
+  typename Map::iterator find_upload(Map& map, const TensorView& t) {
+    auto it = map.find(t.data);
+    if (it != map.end() && !it->second.sig.matches(t)) {
+      sync();  // queued kernels may still read the old upload
+      map.erase(it);
+      it = map.end();
+    }
+    return it;
+  }
+
+  // Step metadata: host copies (for checks), the pinned staging buffer and the device copy.
+  int64_t T = 0, L = 0;
+  std::vector<int32_t> tokens_host;
+  StepLayout layout;
+  int32_t* meta_pinned = nullptr;
+  int64_t meta_pinned_cap = 0;
+  DeviceBuffer meta_dev;
+  bool have_step = false;
+
+  void set_device() const { check(cudaSetDevice(device), "cudaSetDevice"); }
+  void sync() const { check(cudaStreamSynchronize(stream), "stream synchronize"); }
+
+  const int32_t* meta(int64_t off) const { return meta_dev.as<int32_t>() + off; }
+
+  const cuda::GemmWeight& matrix(const TensorView& w);
+  const Raw& raw_table(const TensorView& t);
+  const float* vector(const TensorView& t, int64_t n, const char* what);
+  void ensure_rope_rows(int64_t rows);
+  void require_step(const char* op) const {
+    DETINFER_CHECK(have_step, "cuda ", op, ": begin_step() was not called");
+  }
+};
+
+const cuda::GemmWeight& CudaOps::Impl::matrix(const TensorView& w) {
+  auto it = find_upload(matrices, w);
+  if (it != matrices.end()) return it->second.view;
+  DETINFER_CHECK(w.shape.size() == 2, "cuda matmul: weight ", w.name, " has shape ", w.shape_str(),
+                 ", expected [N, K]");
+  const int64_t N = w.rows(), K = w.cols();
+  const int64_t row_bytes = dtype_row_bytes(w.dtype, K);
+  DETINFER_CHECK(w.nbytes >= N * row_bytes, "cuda matmul: weight ", w.name, " holds ", w.nbytes,
+                 " bytes, ", N * row_bytes, " needed for ", w.shape_str(), " ", dtype_name(w.dtype));
+  cuda::GemmWeight v;
+  v.N = N, v.K = K;
+  v.Np = round_up(N, cuda::kGemmBN), v.Kp = round_up(K, cuda::kGemmBK);
+  // Dequantize exactly (dequantize_row), round each value to bf16, pad with zeros.
+  std::vector<uint16_t> host(static_cast<size_t>(v.Np * v.Kp), 0);
+  std::vector<float> row(static_cast<size_t>(K));
+  for (int64_t r = 0; r < N; ++r) {
+    dequantize_row(w.dtype, w.data + r * row_bytes, row.data(), K);
+    uint16_t* dst = host.data() + r * v.Kp;
+    for (int64_t k = 0; k < K; ++k) dst[k] = f32_to_bf16(row[k]);
+  }
+  Matrix m{Signature(w), {}, {}};
+  m.data.allocate(static_cast<int64_t>(host.size() * sizeof(uint16_t)), "a matmul weight");
+  check(cudaMemcpy(m.data.as<void>(), host.data(), host.size() * sizeof(uint16_t),
+                   cudaMemcpyHostToDevice),
+        "weight upload");
+  v.w = m.data.as<uint16_t>();
+  m.view = v;
+  return matrices.emplace(w.data, std::move(m)).first->second.view;
+}
+
+const CudaOps::Impl::Raw& CudaOps::Impl::raw_table(const TensorView& t) {
+  auto it = find_upload(raw_tables, t);
+  if (it != raw_tables.end()) return it->second;
+  DETINFER_CHECK(t.shape.size() == 2, "cuda embed: table ", t.name, " has shape ", t.shape_str(),
+                 ", expected [rows, D]");
+  Raw r{Signature(t), {}, 0, 0};
+  r.rows = t.rows();
+  r.row_bytes = dtype_row_bytes(t.dtype, t.cols());
+  const int64_t bytes = r.rows * r.row_bytes;
+  DETINFER_CHECK(t.nbytes >= bytes, "cuda embed: table ", t.name, " holds ", t.nbytes, " bytes, ",
+                 bytes, " needed");
+  r.data.allocate(bytes, "an embedding table");
+  check(cudaMemcpy(r.data.as<void>(), t.data, static_cast<size_t>(bytes), cudaMemcpyHostToDevice),
+        "embedding upload");
+  return raw_tables.emplace(t.data, std::move(r)).first->second;
+}
+
+const float* CudaOps::Impl::vector(const TensorView& t, int64_t n, const char* what) {
+  DETINFER_CHECK(t.numel() == n, "cuda ", what, ": ", t.name, " has ", t.numel(),
+                 " elements, expected ", n);
+  auto it = find_upload(vectors, t);
+  if (it == vectors.end()) {
+    const std::vector<float> host = to_f32(t);
+    Vector v{Signature(t), DeviceBuffer(static_cast<int64_t>(host.size() * sizeof(float)), what)};
+    check(cudaMemcpy(v.data.as<void>(), host.data(), host.size() * sizeof(float),
+                     cudaMemcpyHostToDevice),
+          "vector upload");
+    it = vectors.emplace(t.data, std::move(v)).first;
+  }
+  return it->second.data.as<float>();
+}
+
+void CudaOps::Impl::ensure_rope_rows(int64_t rows) {
+  if (rows <= rope_rows) return;
+  const int half = config.head_dim / 2;
+  int64_t want = std::max<int64_t>(256, rope_rows);
+  while (want < rows) want *= 2;
+  cos_host.resize(static_cast<size_t>(want * half));
+  sin_host.resize(static_cast<size_t>(want * half));
+  for (int64_t p = rope_rows; p < want; ++p)
+    for (int i = 0; i < half; ++i) {
+      // The CPU's recipe (kernels/cpu/rope.cpp): the angle and its cos/sin in fp64, rounded once.
+      const double a = static_cast<double>(p) * static_cast<double>(inv_freq[i]);
+      cos_host[p * half + i] = static_cast<float>(std::cos(a));
+      sin_host[p * half + i] = static_cast<float>(std::sin(a));
+    }
+  sync();  // the old tables may still be read by queued kernels
+  const int64_t bytes = want * half * static_cast<int64_t>(sizeof(float));
+  cos_dev.allocate(bytes, "rope tables");
+  sin_dev.allocate(bytes, "rope tables");
+  check(cudaMemcpy(cos_dev.as<void>(), cos_host.data(), bytes, cudaMemcpyHostToDevice), "rope upload");
+  check(cudaMemcpy(sin_dev.as<void>(), sin_host.data(), bytes, cudaMemcpyHostToDevice), "rope upload");
+  rope_rows = want;
+}
+
+int CudaOps::device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+CudaOps::CudaOps(int device) : impl_(std::make_unique<Impl>()) {
+  const int n = device_count();
+  DETINFER_CHECK(device >= 0 && device < n, "CUDA device ", device, " does not exist (",
+                 n, " visible)");
+  impl_->device = device;
+  impl_->set_device();
+  check(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking), "stream create");
+  check(cudaEventCreateWithFlags(&impl_->meta_copied, cudaEventDisableTiming), "event create");
+}
+
+CudaOps::~CudaOps() {
+  if (!impl_) return;
+  cudaSetDevice(impl_->device);
+  if (impl_->stream) cudaStreamSynchronize(impl_->stream);
+  if (impl_->meta_pinned) cudaFreeHost(impl_->meta_pinned);
+  if (impl_->meta_copied) cudaEventDestroy(impl_->meta_copied);
+  Impl* p = impl_.get();
+  p->matrices.clear();
+  p->raw_tables.clear();
+  p->vectors.clear();
+  p->scratch.clear();
+  p->k_cache.release();
+  p->v_cache.release();
+  p->cos_dev.release();
+  p->sin_dev.release();
+  p->meta_dev.release();
+  if (p->stream) cudaStreamDestroy(p->stream);
+}
+
+int CudaOps::device() const { return impl_->device; }
+
+void CudaOps::init(const ModelConfig& config, const KvCacheShape& kv) {
+  Impl& s = *impl_;
+  s.set_device();
+  s.sync();
+  DETINFER_CHECK(config.head_dim > 0 && config.head_dim % 2 == 0 &&
+                     config.head_dim <= cuda::kAttnMaxHeadDim,
+                 "cuda: head_dim ", config.head_dim, " must be even and at most ",
+                 cuda::kAttnMaxHeadDim);
+  DETINFER_CHECK(kv.n_kv_heads == config.n_kv_heads && kv.head_dim == config.head_dim,
+                 "cuda: KV cache shape does not match the model");
+  DETINFER_CHECK(kv.block_size > 0 && kv.num_blocks >= 0 &&
+                     kv.num_blocks * kv.block_size <= 0x7fffffff,
+                 "cuda: KV cache of ", kv.num_blocks, " blocks of ", kv.block_size,
+                 " positions is out of range");
+  s.config = config;
+  s.kv = kv;
+  const RopeConfig& r = config.rope;
+  s.inv_freq.assign(config.head_dim / 2, 0.0f);
+  cpu::rope_inv_freq(config.head_dim, r.theta, r.llama3_factor, r.llama3_low_freq_factor,
+                     r.llama3_high_freq_factor, r.llama3_original_max_position, s.inv_freq.data());
+  if (!r.freq_factors.empty()) {  // exactly as CpuOps::init
+    DETINFER_CHECK(r.freq_factors.size() == s.inv_freq.size(), "rope: ", r.freq_factors.size(),
+                   " frequency factors for ", s.inv_freq.size(), " frequencies");
+    for (size_t i = 0; i < s.inv_freq.size(); ++i)
+      s.inv_freq[i] = static_cast<float>(static_cast<double>(s.inv_freq[i]) / r.freq_factors[i]);
+  }
+  s.cos_host.clear();
+  s.sin_host.clear();
+  s.rope_rows = 0;
+  s.ensure_rope_rows(1);
+  const int64_t cache_bytes = kv.bytes() / 2;  // each of K and V
+  s.k_cache.allocate(cache_bytes, "the K cache");
+  s.v_cache.allocate(cache_bytes, "the V cache");
+  check(cudaMemsetAsync(s.k_cache.as<void>(), 0, s.k_cache.bytes(), s.stream), "cache clear");
+  check(cudaMemsetAsync(s.v_cache.as<void>(), 0, s.v_cache.bytes(), s.stream), "cache clear");
+  s.initialized = true;
+  s.have_step = false;
+}
+
+float* CudaOps::scratch(int slot, int64_t n) {
+  Impl& s = *impl_;
+  DETINFER_CHECK(slot >= 0 && n >= 0, "cuda scratch: bad slot ", slot, " or size ", n);
+  if (slot >= static_cast<int>(s.scratch.size())) s.scratch.resize(slot + 1);
+  DeviceBuffer& b = s.scratch[slot];
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(float));
+  if (b.bytes() < bytes || b.bytes() == 0) {
+    s.set_device();
+    s.sync();  // queued kernels may still use the old buffer
+    b.allocate(std::max(bytes, b.bytes() + b.bytes() / 2), "a scratch buffer");
+  }
+  return b.as<float>();
+}
+
+void CudaOps::begin_step(const StepBatch& batch) {
+  Impl& s = *impl_;
+  DETINFER_CHECK(s.initialized, "cuda: begin_step before init");
+  s.set_device();
+  const int64_t T = batch.n_tokens();
+  const int64_t L = static_cast<int64_t>(batch.logit_tokens.size());
+  const int64_t S = static_cast<int64_t>(batch.block_tables.size());
+  DETINFER_CHECK(static_cast<int64_t>(batch.pos.size()) == T &&
+                     static_cast<int64_t>(batch.seq.size()) == T,
+                 "cuda: step has ", T, " tokens but ", batch.pos.size(), " positions and ",
+                 batch.seq.size(), " sequence ids");
+  // Checks that keep the kernels inside their buffers: every position a token attends to is
+  // covered by its table, with blocks inside the cache.
+  std::vector<int32_t> max_pos(static_cast<size_t>(S), -1);
+  int32_t top = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t q = batch.seq[t], p = batch.pos[t];
+    DETINFER_CHECK(q >= 0 && q < S, "cuda: token ", t, " belongs to sequence ", q, " of ", S);
+    DETINFER_CHECK(p >= 0, "cuda: token ", t, " has position ", p);
+    max_pos[q] = std::max(max_pos[q], p);
+    top = std::max(top, p);
+  }
+  StepLayout& lay = s.layout;
+  lay.tokens = 0, lay.pos = T, lay.slots = 2 * T, lay.table_off = 3 * T, lay.logit_rows = 4 * T;
+  lay.tables = 4 * T + L;
+  std::vector<int64_t> seq_off(static_cast<size_t>(S), 0);
+  int64_t n_tables = 0;
+  for (int64_t q = 0; q < S; ++q) {
+    seq_off[q] = n_tables;
+    if (max_pos[q] < 0) continue;
+    const auto& tab = batch.block_tables[q];
+    const int64_t need = max_pos[q] / s.kv.block_size + 1;
+    DETINFER_CHECK(static_cast<int64_t>(tab.size()) >= need, "cuda: sequence ", q, " has ",
+                   tab.size(), " KV blocks for position ", max_pos[q]);
+    for (int64_t b = 0; b < need; ++b)
+      DETINFER_CHECK(tab[b] >= 0 && tab[b] < s.kv.num_blocks, "cuda: KV block ", tab[b],
+                     " is outside the cache (", s.kv.num_blocks, " blocks)");
+    n_tables += need;
+  }
+  lay.total = lay.tables + n_tables;
+  for (int64_t i = 0; i < L; ++i)
+    DETINFER_CHECK(batch.logit_tokens[i] >= 0 && batch.logit_tokens[i] < T, "cuda: logit token ",
+                   batch.logit_tokens[i], " is outside the step's ", T, " tokens");
+  s.ensure_rope_rows(static_cast<int64_t>(top) + 1);
+
+  // Fill the pinned buffer once its previous upload has left it, then upload.
+  check(cudaEventSynchronize(s.meta_copied), "metadata event");
+  if (s.meta_pinned_cap < lay.total) {
+    if (s.meta_pinned) cudaFreeHost(s.meta_pinned);
+    s.meta_pinned = nullptr;
+    s.meta_pinned_cap = std::max<int64_t>(lay.total, 2 * s.meta_pinned_cap);
+    void* p = nullptr;
+    check(cudaMallocHost(&p, s.meta_pinned_cap * sizeof(int32_t)), "pinned alloc");
+    s.meta_pinned = static_cast<int32_t*>(p);
+  }
+  int32_t* m = s.meta_pinned;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t q = batch.seq[t], p = batch.pos[t];
+    m[lay.tokens + t] = batch.tokens[t];
+    m[lay.pos + t] = p;
+    m[lay.slots + t] = batch.block_tables[q][p / s.kv.block_size] * s.kv.block_size +
+                       p % s.kv.block_size;
+    m[lay.table_off + t] = static_cast<int32_t>(lay.tables + seq_off[q]);
+  }
+  for (int64_t i = 0; i < L; ++i) m[lay.logit_rows + i] = batch.logit_tokens[i];
+  for (int64_t q = 0; q < S; ++q)
+    if (max_pos[q] >= 0)
+      std::memcpy(m + lay.tables + seq_off[q], batch.block_tables[q].data(),
+                  static_cast<size_t>(max_pos[q] / s.kv.block_size + 1) * sizeof(int32_t));
+  const int64_t bytes = std::max<int64_t>(lay.total, 1) * static_cast<int64_t>(sizeof(int32_t));
+  if (s.meta_dev.bytes() < bytes) {
+    s.sync();
+    s.meta_dev.allocate(std::max(bytes, 2 * s.meta_dev.bytes()), "step metadata");
+  }
+  check(cudaMemcpyAsync(s.meta_dev.as<void>(), m, lay.total * sizeof(int32_t),
+                        cudaMemcpyHostToDevice, s.stream),
+        "metadata upload");
+  check(cudaEventRecord(s.meta_copied, s.stream), "metadata event");
+  s.tokens_host.assign(batch.tokens.begin(), batch.tokens.end());
+  s.T = T, s.L = L;
+  s.have_step = true;
+}
+
+void CudaOps::embed(const TensorView& table, float* x) {
+  Impl& s = *impl_;
+  s.require_step("embed");
+  s.set_device();
+  const Impl::Raw& r = s.raw_table(table);
+  for (int32_t tok : s.tokens_host)
+    DETINFER_CHECK(tok >= 0 && tok < r.rows, "cuda embed: token ", tok, " is outside ", table.name,
+                   " (", r.rows, " rows)");
+  cuda::embed(r.data.as<uint8_t>(), table.dtype, r.row_bytes, table.cols(), s.meta(s.layout.tokens),
+              s.T, x, s.stream);
+}
+
+void CudaOps::matmul(const float* x, int64_t M, const TensorView& w, const TensorView* bias,
+                     float* y) {
+  Impl& s = *impl_;
+  s.set_device();
+  const cuda::GemmWeight& g = s.matrix(w);
+  const float* b = bias ? s.vector(*bias, g.N, "matmul bias") : nullptr;
+  cuda::gemm_bf16(x, M, g, b, y, s.stream);
+}
+
+void CudaOps::rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,
+                      float* y) {
+  Impl& s = *impl_;
+  s.set_device();
+  cuda::rmsnorm(x, rows, D, s.vector(w, D, "rmsnorm weight"), eps, y, s.stream);
+}
+
+void CudaOps::rope(float* x, int n_heads) {
+  Impl& s = *impl_;
+  s.require_step("rope");
+  s.set_device();
+  cuda::rope(x, s.T, n_heads, s.config.head_dim, s.meta(s.layout.pos), s.cos_dev.as<float>(),
+             s.sin_dev.as<float>(), s.stream);
+}
+
+void CudaOps::attention(int layer, const float* q, const float* k, const float* v, float* out) {
+  Impl& s = *impl_;
+  s.require_step("attention");
+  DETINFER_CHECK(layer >= 0 && layer < s.kv.n_layers, "cuda attention: layer ", layer,
+                 " outside the cache's ", s.kv.n_layers);
+  s.set_device();
+  const int64_t row = static_cast<int64_t>(s.kv.n_kv_heads) * s.kv.head_dim;
+  const int64_t per_layer = s.kv.num_blocks * s.kv.block_size * row;
+  float* kc = s.k_cache.as<float>() + layer * per_layer;
+  float* vc = s.v_cache.as<float>() + layer * per_layer;
+  // New K/V go into the cache first; cached and new positions then go through the same loop.
+  cuda::kv_write(kc, vc, k, v, s.T, row, s.meta(s.layout.slots), s.stream);
+  cuda::AttentionArgs a;
+  a.q = q, a.out = out, a.k_cache = kc, a.v_cache = vc;
+  a.pos = s.meta(s.layout.pos);
+  a.table_off = s.meta(s.layout.table_off);
+  a.tables = s.meta(0);
+  a.T = s.T;
+  a.n_heads = s.config.n_heads, a.n_kv_heads = s.kv.n_kv_heads, a.head_dim = s.kv.head_dim;
+  a.block_size = s.kv.block_size;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(s.config.head_dim));  // as CpuOps
+  cuda::attention(a, s.stream);
+}
+
+void CudaOps::swiglu(const float* gate, const float* up, int64_t n, float* out) {
+  Impl& s = *impl_;
+  s.set_device();
+  cuda::swiglu(gate, up, n, out, s.stream);
+}
+
+void CudaOps::add(float* y, const float* x, int64_t n) {
+  Impl& s = *impl_;
+  s.set_device();
+  cuda::add(y, x, n, s.stream);
+}
+
+void CudaOps::gather_logit_rows(const float* x, int64_t D, float* out) {
+  Impl& s = *impl_;
+  s.require_step("gather_logit_rows");
+  s.set_device();
+  cuda::gather_rows(x, D, s.meta(s.layout.logit_rows), s.L, out, s.stream);
+}
+
+void CudaOps::to_host(const float* src, int64_t n, float* dst) {
+  Impl& s = *impl_;
+  if (n <= 0) return;
+  s.set_device();
+  check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, s.stream),
+        "copy to host");
+  s.sync();
+}
+
+void CudaOps::from_host(const float* src, int64_t n, float* dst) {
+  Impl& s = *impl_;
+  if (n <= 0) return;
+  s.set_device();
+  check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, s.stream),
+        "copy to device");
+  s.sync();
+}
+
+void CudaOps::synchronize() {
+  impl_->set_device();
+  impl_->sync();
+}
+
+void CudaOps::det_expf_n(const float* x, int64_t n, float* y) {
+  Impl& s = *impl_;
+  s.set_device();
+  cuda::exp_n(x, n, y, s.stream);
+}
+
+}  // namespace detinfer

@@ -1,0 +1,66 @@
+// Ops on an NVIDIA GPU: the forward pass's operations on device memory, batch-invariant by
+// construction (DETERMINISM.md "How kernels keep them"; the orders are in docs/CUDA.md).
+//
+// Memory: every float* that Ops passes (scratch buffers, the inputs and outputs of the ops) is
+// device memory of this object's GPU; to_host / from_host copy to and from host memory.
+// Weights come as the loader's TensorView (host memory) and are uploaded the first time an op
+// sees them, keyed by TensorView::data (and re-uploaded if that address now holds a tensor of
+// another dtype or shape), so the model must outlive this object:
+//   - matmul weights: dequantized on the host with dequantize_row(), rounded to bf16 (round to
+//     nearest even, f32_to_bf16), stored [N, K] padded with zeros to the GEMM's tile multiples;
+//   - embedding tables: the stored bytes, dequantized on the device exactly as dequantize_row();
+//   - norm weights and biases: fp32.
+// Activations and the KV cache are fp32.
+//
+// This header has no CUDA types (opaque implementation), so host-only code can include it.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "model/ops.h"
+
+namespace detinfer {
+
+class CudaOps final : public Ops {
+ public:
+  // Number of CUDA devices visible (0 when there is no driver or no GPU); never throws.
+  static int device_count();
+
+  explicit CudaOps(int device = 0);  // throws Error if the device cannot be used
+  ~CudaOps() override;
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  const char* name() const override { return "cuda"; }
+  int device() const;
+
+  void init(const ModelConfig& config, const KvCacheShape& kv) override;
+  float* scratch(int slot, int64_t n) override;
+  void begin_step(const StepBatch& batch) override;
+  void embed(const TensorView& table, float* x) override;
+  // y[M, N] = bf16(x)[M, K] · bf16(W)ᵀ with fp32 accumulation (+ bias in fp32).
+  void matmul(const float* x, int64_t M, const TensorView& w, const TensorView* bias,
+              float* y) override;
+  void rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,
+               float* y) override;
+  void rope(float* x, int n_heads) override;
+  void attention(int layer, const float* q, const float* k, const float* v, float* out) override;
+  void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
+  void add(float* y, const float* x, int64_t n) override;
+  void gather_logit_rows(const float* x, int64_t D, float* out) override;
+  void to_host(const float* src, int64_t n, float* dst) override;  // waits for the copy
+
+  // Copies n floats from host memory to device memory dst (waits for the copy).
+  void from_host(const float* src, int64_t n, float* dst);
+  // Waits until every operation issued so far has finished; throws Error on a device fault.
+  void synchronize();
+  // y[i] = the GPU's exp (the same polynomial and operation order as cpu::det_expf, so the same
+  // bits) for device arrays x, y. The one exp every kernel here uses; exposed for tests.
+  void det_expf_n(const float* x, int64_t n, float* y);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace detinfer

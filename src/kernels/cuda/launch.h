@@ -1,0 +1,74 @@
+// Internal interface between CudaOps (host code) and the CUDA kernels: one launcher per kernel,
+// each enqueued on the given stream, throwing Error if the launch fails. Plain pointers to
+// device memory; compiled by both nvcc and the host compiler. The reduction order of every
+// kernel is documented at its definition and in docs/CUDA.md.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "model/tensor.h"
+
+namespace detinfer::cuda {
+
+// Throws Error naming `what` if err is not cudaSuccess.
+void check(cudaError_t err, const char* what);
+
+// ---- GEMM ----------------------------------------------------------------------------------------
+// Tile shape of the one GEMM kernel. Weights are stored padded to these multiples (zeros), so
+// the kernel reads whole weight tiles without bounds checks.
+constexpr int kGemmBM = 64;   // rows of x per block
+constexpr int kGemmBN = 128;  // rows of W (output columns) per block
+constexpr int kGemmBK = 32;   // K per shared-memory stage
+
+struct GemmWeight {
+  const uint16_t* w = nullptr;  // bf16 bits, [Np, Kp] row-major, zero beyond [N, K]
+  int64_t N = 0, K = 0;         // logical shape
+  int64_t Np = 0, Kp = 0;       // padded: multiples of kGemmBN and kGemmBK
+};
+
+// y[M, N] = bf16(x[M, K]) · Wᵀ, fp32 accumulation, then + bias[n] (bias may be null).
+void gemm_bf16(const float* x, int64_t M, const GemmWeight& w, const float* bias, float* y,
+               cudaStream_t stream);
+
+// ---- row and element-wise kernels ------------------------------------------------------------------
+void rmsnorm(const float* x, int64_t rows, int64_t D, const float* w, float eps, float* y,
+             cudaStream_t stream);
+// x[T, n_heads, head_dim] rotated in place; cos/sin tables [positions][head_dim/2].
+void rope(float* x, int64_t T, int n_heads, int head_dim, const int32_t* pos, const float* cos_tab,
+          const float* sin_tab, cudaStream_t stream);
+void swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
+void add(float* y, const float* x, int64_t n, cudaStream_t stream);
+void exp_n(const float* x, int64_t n, float* y, cudaStream_t stream);
+// x[t, :] = dequantized row tokens[t] of a table stored as `dtype` rows of row_bytes bytes.
+void embed(const uint8_t* table, DType dtype, int64_t row_bytes, int64_t D, const int32_t* tokens,
+           int64_t T, float* x, cudaStream_t stream);
+// out[i, :] = x[rows[i], :], rows of D floats.
+void gather_rows(const float* x, int64_t D, const int32_t* rows, int64_t L, float* out,
+                 cudaStream_t stream);
+
+// ---- paged KV cache and attention ----------------------------------------------------------------
+// One layer's cache: k/v[num_blocks][block_size][n_kv_heads][head_dim], fp32.
+// kv_write: row (n_kv_heads*head_dim floats) of token t goes to cache slot slots[t]
+// (= block * block_size + pos % block_size).
+void kv_write(float* k_cache, float* v_cache, const float* k, const float* v, int64_t T,
+              int64_t row, const int32_t* slots, cudaStream_t stream);
+
+constexpr int kAttnTile = 16;  // key positions per tile, aligned to absolute positions
+
+struct AttentionArgs {
+  const float* q = nullptr;        // [T, n_heads, head_dim]
+  float* out = nullptr;            // [T, n_heads, head_dim]
+  const float* k_cache = nullptr;  // the layer's cache
+  const float* v_cache = nullptr;
+  const int32_t* pos = nullptr;        // [T]
+  const int32_t* table_off = nullptr;  // [T]: where token t's block table starts in `tables`
+  const int32_t* tables = nullptr;     // flattened block tables
+  int64_t T = 0;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0, block_size = 0;
+  float scale = 0;
+};
+constexpr int kAttnMaxHeadDim = 512;
+void attention(const AttentionArgs& a, cudaStream_t stream);
+
+}  // namespace detinfer::cuda

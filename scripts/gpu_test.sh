@@ -3,6 +3,7 @@
 #   scripts/gpu_test.sh                      # build in build-gpu/, run every step
 #   ONLY=allreduce scripts/gpu_test.sh       # only the steps whose name contains "allreduce"
 #   BUILD_DIR=/tmp/b LOG_DIR=/tmp/logs BENCH=1 scripts/gpu_test.sh
+# TARGETS lists what the build step builds (add your binaries); STEP_TIMEOUT bounds each step.
 # Each check is one `step NAME COMMAND...` line in the list at the end: add yours there. Every
 # step runs (a failure does not stop the others), logs to $LOG_DIR/NAME.log, and the script ends
 # with a summary and a nonzero exit code if any step failed.
@@ -14,7 +15,9 @@ LOG_DIR="${LOG_DIR:-$BUILD_DIR/gpu-logs}"
 CMAKE="${CMAKE:-cmake}"
 JOBS="${JOBS:-$(nproc)}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-600}"
-TARGETS="${TARGETS:-test_cuda bench_allreduce}"
+TARGETS="${TARGETS:-test_cuda bench_allreduce detinfer}"
+# Extra configure arguments, e.g. -DGTest_DIR=... where GoogleTest is not installed system-wide.
+CMAKE_ARGS="${CMAKE_ARGS:-}"
 # NVLink multicast (NCCL's NVLS) stays off everywhere: on shared hosts it can take the GPUs down.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # Kernels load at start, not lazily inside another kernel's lifetime.
@@ -38,6 +41,7 @@ step() {
   fi
   RESULTS+=("$(printf '%-14s %-40s %5ss' "$res" "$name" $((SECONDS - t0)))")
   tail -n 4 "$LOG_DIR/$name.log" | sed 's/^/    /'
+  return $rc
 }
 
 # Starts one process per rank as torchrun does (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
@@ -83,11 +87,11 @@ mp_virtual() {
 }
 
 build() {
-  "$CMAKE" -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DDETINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release &&
+  "$CMAKE" -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DDETINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release $CMAKE_ARGS &&
     "$CMAKE" --build "$BUILD_DIR" -j "$JOBS" --target $TARGETS
 }
 
-export ROOT BUILD_DIR CMAKE JOBS TARGETS
+export ROOT BUILD_DIR CMAKE JOBS TARGETS CMAKE_ARGS
 export -f launch_ranks sanitize_ranks mp_virtual build
 
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
@@ -101,6 +105,11 @@ B="$BUILD_DIR/bench/bench_allreduce"
 
 # ---- steps (append yours) -------------------------------------------------------------------
 step test_cuda "$T"
+# CUDA backend: memcheck on the kernel tests (the large sweeps and verify cases are left out for
+# time), then the determinism cases end to end through the CLI on a small model.
+step cuda-ops-memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$T" \
+  --gtest_filter='*CudaOps*:-*VerifyCases*:*N49152*:*N1536*'
+step cli-verify-cuda "$BUILD_DIR/detinfer" verify --device cuda --quick -m "$ROOT/tests/data/models/llama"
 # All-reduce: one process per rank over CUDA IPC (real GPUs), then NCCL at world sizes 3, 4, 8
 # with virtual ranks (several processes per GPU), then the sanitizers on the P2P kernels.
 step allreduce-mp-world2 launch_ranks 2 "$T" --gtest_filter='AllreduceMultiProcess.*'

@@ -1,4 +1,4 @@
-// Helpers shared by the all-reduce GPU tests: inputs, references, device buffers.
+// Shared by the all-reduce GPU tests: inputs, references, device buffers.
 #pragma once
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>

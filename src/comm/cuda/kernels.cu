@@ -19,7 +19,7 @@
 namespace detinfer::comm::cuda {
 namespace {
 
-// ---- memory-model helpers ------------------------------------------------------------------
+// ---- memory-model primitives ---------------------------------------------------------------
 __device__ __forceinline__ uint64_t ld_acquire(const uint64_t* p) {
   uint64_t v;
   asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");

@@ -1,6 +1,7 @@
 // detinfer verify: runs the end-to-end determinism tests (T2–T7, T10) on the loaded model and
 // prints one row per case; exits non-zero on any difference.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "cli/cli.h"
@@ -60,7 +61,9 @@ std::vector<std::vector<int32_t>> load_prompts(const VerifyCli& o, const Tokeniz
 
 // T7 across processes: this binary again, as a child, computes the reference outputs.
 std::string child_digest(const VerifyCli& o, const std::string& model_path) {
-  std::string cmd = cat("/proc/self/exe verify --child-digest --device ", resolve_device(o.model), " -m '",
+  // Resolve our own path here: inside popen's shell, /proc/self/exe would be the shell.
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::string cmd = cat("'", self, "' verify --child-digest --device ", resolve_device(o.model), " -m '",
                         model_path, "' --max-tokens ",
                         o.max_tokens, " -t ", resolve_threads(o.model.threads), o.quick ? " --quick" : "",
                         o.long_prompt ? " --long" : "");

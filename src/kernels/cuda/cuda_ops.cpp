@@ -139,6 +139,13 @@ struct CudaOps::Impl {
   bool have_step = false;
 
   void set_device() const { check(cudaSetDevice(device), "cudaSetDevice"); }
+  // Host -> device copy on the work stream, finished before it returns. (A plain cudaMemcpy from
+  // pageable memory may return before its DMA lands and is ordered only with the legacy default
+  // stream, not with our non-blocking one: a kernel could read half-copied weights.)
+  void upload(void* dst, const void* src, size_t bytes, const char* what) const {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream), what);
+    check(cudaStreamSynchronize(stream), what);
+  }
   void sync() const { check(cudaStreamSynchronize(stream), "stream synchronize"); }
 
   const int32_t* meta(int64_t off) const { return meta_dev.as<int32_t>() + off; }
@@ -174,9 +181,7 @@ const cuda::GemmWeight& CudaOps::Impl::matrix(const TensorView& w) {
   }
   Matrix m{Signature(w), {}, {}};
   m.data.allocate(static_cast<int64_t>(host.size() * sizeof(uint16_t)), "a matmul weight");
-  check(cudaMemcpy(m.data.as<void>(), host.data(), host.size() * sizeof(uint16_t),
-                   cudaMemcpyHostToDevice),
-        "weight upload");
+  upload(m.data.as<void>(), host.data(), host.size() * sizeof(uint16_t), "weight upload");
   v.w = m.data.as<uint16_t>();
   m.view = v;
   return matrices.emplace(w.data, std::move(m)).first->second.view;
@@ -194,8 +199,7 @@ const CudaOps::Impl::Raw& CudaOps::Impl::raw_table(const TensorView& t) {
   DETINFER_CHECK(t.nbytes >= bytes, "cuda embed: table ", t.name, " holds ", t.nbytes, " bytes, ",
                  bytes, " needed");
   r.data.allocate(bytes, "an embedding table");
-  check(cudaMemcpy(r.data.as<void>(), t.data, static_cast<size_t>(bytes), cudaMemcpyHostToDevice),
-        "embedding upload");
+  upload(r.data.as<void>(), t.data, static_cast<size_t>(bytes), "embedding upload");
   return raw_tables.emplace(t.data, std::move(r)).first->second;
 }
 
@@ -206,9 +210,7 @@ const float* CudaOps::Impl::vector(const TensorView& t, int64_t n, const char* w
   if (it == vectors.end()) {
     const std::vector<float> host = to_f32(t);
     Vector v{Signature(t), DeviceBuffer(static_cast<int64_t>(host.size() * sizeof(float)), what)};
-    check(cudaMemcpy(v.data.as<void>(), host.data(), host.size() * sizeof(float),
-                     cudaMemcpyHostToDevice),
-          "vector upload");
+    upload(v.data.as<void>(), host.data(), host.size() * sizeof(float), "vector upload");
     it = vectors.emplace(t.data, std::move(v)).first;
   }
   return it->second.data.as<float>();
@@ -232,8 +234,8 @@ void CudaOps::Impl::ensure_rope_rows(int64_t rows) {
   const int64_t bytes = want * half * static_cast<int64_t>(sizeof(float));
   cos_dev.allocate(bytes, "rope tables");
   sin_dev.allocate(bytes, "rope tables");
-  check(cudaMemcpy(cos_dev.as<void>(), cos_host.data(), bytes, cudaMemcpyHostToDevice), "rope upload");
-  check(cudaMemcpy(sin_dev.as<void>(), sin_host.data(), bytes, cudaMemcpyHostToDevice), "rope upload");
+  upload(cos_dev.as<void>(), cos_host.data(), bytes, "rope upload");
+  upload(sin_dev.as<void>(), sin_host.data(), bytes, "rope upload");
   rope_rows = want;
 }
 

@@ -52,6 +52,20 @@ Tokenizer make_tokenizer(const LoadedModel& m, const RunOptions& o) {
   return tok;
 }
 
+// Runs one request, printing its text as it comes; Ctrl-C cancels it (the partial text stays).
+RequestResult stream_to_stdout(Engine& engine, const Request& req) {
+  RequestId id = engine.submit(req, [](RequestId, int, int32_t, const std::string& text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  });
+  while (!engine.done(id)) {
+    if (g_interrupted) engine.cancel(id);
+    engine.step();
+  }
+  std::printf("\n");
+  return engine.take(id);
+}
+
 void print_stats(const Engine& e, size_t prompt_tokens, const RequestResult& r, double wall) {
   const Engine::Stats& s = e.stats();
   const Completion& c = r.completions[0];
@@ -110,16 +124,7 @@ void run(const RunOptions& o) {
   req.params = o.sampling.get();
   install_sigint_handler();
   auto t0 = std::chrono::steady_clock::now();
-  RequestId id = engine.submit(req, [](RequestId, int, int32_t, const std::string& text) {
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    std::fflush(stdout);
-  });
-  while (!engine.done(id)) {
-    if (g_interrupted) engine.cancel(id);
-    engine.step();
-  }
-  RequestResult r = engine.take(id);
-  std::printf("\n");
+  RequestResult r = stream_to_stdout(engine, req);
   print_stats(engine, req.prompt.size(), r,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   if (o.sampling.params.logprobs > 0) {
@@ -167,16 +172,7 @@ void chat(const RunOptions& o) {
       continue;
     }
     g_interrupted = false;
-    RequestId id = engine.submit(req, [](RequestId, int, int32_t, const std::string& text) {
-      std::fwrite(text.data(), 1, text.size(), stdout);
-      std::fflush(stdout);
-    });
-    while (!engine.done(id)) {
-      if (g_interrupted) engine.cancel(id);
-      engine.step();
-    }
-    RequestResult r = engine.take(id);
-    std::printf("\n");
+    RequestResult r = stream_to_stdout(engine, req);
     history.push_back({"assistant", r.completions[0].text});
   }
 }

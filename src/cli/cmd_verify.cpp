@@ -1,5 +1,6 @@
 // detinfer verify: runs the end-to-end determinism tests (T2–T7, T10) on the loaded model and
 // prints one row per case; exits non-zero on any difference.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -94,6 +95,10 @@ void verify(const VerifyCli& o) {
   } else {
     vo.batch_others = {1, 7, 31, 255};
   }
+  if (o.long_prompt)  // the long prompt is there for these (prompts shorter than a length skip it)
+    for (int64_t len : {511, 2048, 4097})
+      if (std::find(vo.prefix_lengths.begin(), vo.prefix_lengths.end(), len) == vo.prefix_lengths.end())
+        vo.prefix_lengths.push_back(len);
   const std::string device = resolve_device(o.model);
   OpsFactory make_ops = [device](int t) { return cli::make_ops(device, t); };
 

@@ -1,6 +1,6 @@
 // The batch runner: many requests at once, each prompt prefilled in chunks of any size while
 // other sequences decode in the same step. Every request's tokens and logprobs are bitwise the
-// same whatever else runs beside it (../shared/DETERMINISM.md I1–I7): the kernels' orders do not
+// same whatever else runs beside it (the determinism contract, I1–I7; docs/DETERMINISM.md): the kernels' orders do not
 // depend on the batch, and the sampler's randomness is keyed by (seed, token index).
 #pragma once
 #include <cstdint>

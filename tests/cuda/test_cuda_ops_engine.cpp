@@ -3,6 +3,8 @@
 // (not equal: the GPU multiplies bf16 by bf16, the CPU fp32 by the exact weight).
 #include <gtest/gtest.h>
 
+#include "support/engine_util.h"
+
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -18,33 +20,13 @@
 #include "tokenizer/tokenizer.h"
 
 using namespace detinfer;
+using namespace detinfer::test;
 using namespace cuda_ops_test;
 
 namespace {
 
-std::string model_path(const std::string& name) {
-  return std::string(DETINFER_TEST_DATA) + "/models/" + name;
-}
-
 OpsFactory cuda_factory() {
   return [](int) -> std::unique_ptr<Ops> { return std::make_unique<CudaOps>(0); };
-}
-
-std::vector<int32_t> random_prompt(int n, int vocab, uint32_t seed) {
-  std::vector<int32_t> p;
-  uint32_t x = seed * 2654435761u + 1;
-  for (int i = 0; i < n; ++i) {
-    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-    p.push_back(static_cast<int32_t>(x % vocab));
-  }
-  return p;
-}
-
-void expect_all_identical(const std::vector<VerifyCase>& cases) {
-  ASSERT_FALSE(cases.empty());
-  for (const VerifyCase& c : cases)
-    EXPECT_TRUE(c.identical) << c.test << " " << c.setting << " [" << c.sampling << "] prompt "
-                             << c.prompt << ": " << c.detail;
 }
 
 struct LogitDiff {

@@ -3,6 +3,8 @@
 // stop conditions a user can hit.
 #include <gtest/gtest.h>
 
+#include "support/engine_util.h"
+
 #include "support/default_model.h"
 
 #include <cmath>
@@ -18,32 +20,12 @@
 #include "tokenizer/tokenizer.h"
 
 using namespace detinfer;
+using namespace detinfer::test;
 
 namespace {
 
-std::string model_path(const std::string& name) {
-  return std::string(DETINFER_TEST_DATA) + "/models/" + name;
-}
-
 OpsFactory cpu_factory() {
   return [](int t) -> std::unique_ptr<Ops> { return std::make_unique<CpuOps>(t); };
-}
-
-std::vector<int32_t> random_prompt(int n, int vocab, uint32_t seed) {
-  std::vector<int32_t> p;
-  uint32_t x = seed * 2654435761u + 1;
-  for (int i = 0; i < n; ++i) {
-    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-    p.push_back(static_cast<int32_t>(x % vocab));
-  }
-  return p;
-}
-
-void expect_all_identical(const std::vector<VerifyCase>& cases) {
-  ASSERT_FALSE(cases.empty());
-  for (const VerifyCase& c : cases)
-    EXPECT_TRUE(c.identical) << c.test << " " << c.setting << " [" << c.sampling << "] prompt " << c.prompt
-                             << ": " << c.detail;
 }
 
 }  // namespace

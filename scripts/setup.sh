@@ -3,17 +3,19 @@
 #   bash scripts/setup.sh               packages, build, default model, then the demo
 #   bash scripts/setup.sh --model-only  only fetch and check the default model
 #   bash scripts/setup.sh --no-run      everything but the demo
+#   bash scripts/setup.sh --test-deps   also the tools the tests need (clang for the fuzzers)
 # The default model goes to $DETINFER_HOME/models (default ~/.cache/detinfer/models).
 # This is the only step that downloads anything; detinfer itself never does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODEL_ONLY=0 RUN=1
+MODEL_ONLY=0 RUN=1 TEST_DEPS=0
 for a in "$@"; do
   case "$a" in
     --model-only) MODEL_ONLY=1 ;;
     --no-run) RUN=0 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --test-deps) TEST_DEPS=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -33,6 +35,7 @@ install_packages() {
   command -v g++ >/dev/null || need+=(g++)
   command -v python3 >/dev/null || need+=(python3)
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+  if ((TEST_DEPS)); then command -v clang++ >/dev/null || need+=(clang); fi
   for pkg in nlohmann-json3-dev libcli11-dev libgtest-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
-bash scripts/setup.sh --no-run
+bash scripts/setup.sh --no-run --test-deps
 
 export DETINFER_REQUIRE_MODEL=1   # tests that use the default model fail (not skip) without it
 (cd "$BUILD_DIR" && ctest --output-on-failure -j "$(nproc)")

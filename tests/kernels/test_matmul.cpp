@@ -84,7 +84,7 @@ TEST_P(MatmulDtype, MSweepRowsEqualSingleRow) {
   const int64_t N = 45, K = k_for(t, 128, 133);
   const Weight w = random_weight(t, N, K, 21);
   const std::vector<float> bias = random_floats(N, 22);
-  const int64_t rows = 1003;
+  const int64_t rows = 4099;  // the contract's sweep goes to M = 4096, from offsets up to 3
   const std::vector<float> x = random_floats(rows * K, 23, -3.0f, 3.0f);
   ThreadPool pool(2);
   std::vector<float> single(static_cast<size_t>(rows * N));
@@ -94,7 +94,7 @@ TEST_P(MatmulDtype, MSweepRowsEqualSingleRow) {
   }
   std::vector<int64_t> sweep;
   for (int64_t m = 1; m <= 64; ++m) sweep.push_back(m);
-  for (int64_t m : {100, 128, 255, 256, 1000}) sweep.push_back(m);
+  for (int64_t m : {100, 128, 255, 256, 1000, 4096}) sweep.push_back(m);
   for (int64_t start : {0, 1, 3}) {
     for (int64_t M : sweep) {
       const std::vector<float> y = run_matmul(pool, x.data() + start * K, M, w, bias.data());

@@ -20,8 +20,7 @@ void print_info(const LoadedModel& m, bool tensors) {
   count(m.weights.out_norm);
   if (!c.tied_embeddings) count(m.weights.lm_head);
   for (const LayerWeights& l : m.weights.layers)
-    for (const TensorView* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv,
-                                &l.q_norm, &l.k_norm, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+    for (const TensorView* t : l.all())
       count(*t);
   std::string types;
   for (auto& [k, v] : dtypes) types += cat(types.empty() ? "" : ", ", k, " x", v);

@@ -77,8 +77,7 @@ int64_t parameter_count(const ModelWeights& w) {
   int64_t n = w.tok_embd.numel() + w.out_norm.numel();
   if (w.lm_head.data != w.tok_embd.data) n += w.lm_head.numel();
   for (const LayerWeights& l : w.layers)
-    for (const TensorView* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv,
-                                &l.q_norm, &l.k_norm, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+    for (const TensorView* t : l.all())
       if (!t->empty()) n += t->numel();
   return n;
 }

@@ -1,6 +1,7 @@
 // The typed model description every backend consumes. Loaders (GGUF, Hugging Face directory)
 // fill it; nothing downstream reads file-format metadata.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -60,6 +61,11 @@ struct ModelConfig {
 struct LayerWeights {
   TensorView attn_norm, wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm;
   TensorView ffn_norm, w_gate, w_up, w_down;
+
+  // Every field, for code that walks all of a layer's tensors (absent ones are empty views).
+  std::array<const TensorView*, 14> all() const {
+    return {&attn_norm, &wq, &wk, &wv, &wo, &bq, &bk, &bv, &q_norm, &k_norm, &ffn_norm, &w_gate, &w_up, &w_down};
+  }
 };
 
 struct ModelWeights {

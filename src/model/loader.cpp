@@ -22,8 +22,7 @@ int64_t LoadedModel::weight_bytes() const {
   int64_t n = weights.tok_embd.nbytes + weights.out_norm.nbytes;
   if (weights.lm_head.data != weights.tok_embd.data) n += weights.lm_head.nbytes;
   for (const LayerWeights& l : weights.layers)
-    for (const TensorView* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv,
-                                &l.q_norm, &l.k_norm, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+    for (const TensorView* t : l.all())
       n += t->nbytes;
   return n;
 }
@@ -66,6 +65,41 @@ TensorView unpermute_rows(const TensorView& t, int n_heads, std::vector<uint8_t>
   TensorView out = t;
   out.data = storage.data();
   return out;
+}
+
+// The tensors of a decoder layer: the field, its name in GGUF (after "blk.N.") and in a Hugging
+// Face checkpoint (after "model.layers.N."), and when the family has it.
+enum class Need { Always, QkvBias, QkNorm };
+struct LayerRole {
+  TensorView LayerWeights::*field;
+  const char* gguf;
+  const char* hf;
+  Need need;
+};
+constexpr LayerRole kLayerRoles[] = {
+    {&LayerWeights::attn_norm, "attn_norm.weight", "input_layernorm.weight", Need::Always},
+    {&LayerWeights::wq, "attn_q.weight", "self_attn.q_proj.weight", Need::Always},
+    {&LayerWeights::wk, "attn_k.weight", "self_attn.k_proj.weight", Need::Always},
+    {&LayerWeights::wv, "attn_v.weight", "self_attn.v_proj.weight", Need::Always},
+    {&LayerWeights::wo, "attn_output.weight", "self_attn.o_proj.weight", Need::Always},
+    {&LayerWeights::ffn_norm, "ffn_norm.weight", "post_attention_layernorm.weight", Need::Always},
+    {&LayerWeights::w_gate, "ffn_gate.weight", "mlp.gate_proj.weight", Need::Always},
+    {&LayerWeights::w_up, "ffn_up.weight", "mlp.up_proj.weight", Need::Always},
+    {&LayerWeights::w_down, "ffn_down.weight", "mlp.down_proj.weight", Need::Always},
+    {&LayerWeights::bq, "attn_q.bias", "self_attn.q_proj.bias", Need::QkvBias},
+    {&LayerWeights::bk, "attn_k.bias", "self_attn.k_proj.bias", Need::QkvBias},
+    {&LayerWeights::bv, "attn_v.bias", "self_attn.v_proj.bias", Need::QkvBias},
+    {&LayerWeights::q_norm, "attn_q_norm.weight", "self_attn.q_norm.weight", Need::QkNorm},
+    {&LayerWeights::k_norm, "attn_k_norm.weight", "self_attn.k_norm.weight", Need::QkNorm},
+};
+
+// Fills layer l's weights: get(full name) returns the tensor or throws naming it.
+template <typename Get>
+void load_layer(const ModelConfig& c, LayerWeights& l, const std::string& prefix, bool gguf, Get&& get) {
+  for (const LayerRole& r : kLayerRoles) {
+    if ((r.need == Need::QkvBias && !c.qkv_bias) || (r.need == Need::QkNorm && !c.qk_norm)) continue;
+    l.*r.field = get(prefix + (gguf ? r.gguf : r.hf));
+  }
 }
 
 void load_gguf(LoadedModel& m, const std::string& path) {
@@ -118,24 +152,7 @@ void load_gguf(LoadedModel& m, const std::string& path) {
   for (int i = 0; i < c.n_layers; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
     LayerWeights& l = w.layers[i];
-    l.attn_norm = get(p + "attn_norm.weight");
-    l.wq = get(p + "attn_q.weight");
-    l.wk = get(p + "attn_k.weight");
-    l.wv = get(p + "attn_v.weight");
-    l.wo = get(p + "attn_output.weight");
-    l.ffn_norm = get(p + "ffn_norm.weight");
-    l.w_gate = get(p + "ffn_gate.weight");
-    l.w_up = get(p + "ffn_up.weight");
-    l.w_down = get(p + "ffn_down.weight");
-    if (c.qkv_bias) {
-      l.bq = get(p + "attn_q.bias");
-      l.bk = get(p + "attn_k.bias");
-      l.bv = get(p + "attn_v.bias");
-    }
-    if (c.qk_norm) {
-      l.q_norm = get(p + "attn_q_norm.weight");
-      l.k_norm = get(p + "attn_k_norm.weight");
-    }
+    load_layer(c, l, p, true, get);
     if (c.arch == Arch::Llama) {
       m.owned.emplace_back();
       l.wq = unpermute_rows(l.wq, c.n_heads, m.owned.back(), src);
@@ -208,25 +225,7 @@ void load_hf(LoadedModel& m, const std::string& dir) {
   w.layers.resize(c.n_layers);
   for (int i = 0; i < c.n_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    LayerWeights& l = w.layers[i];
-    l.attn_norm = get(p + "input_layernorm.weight");
-    l.wq = get(p + "self_attn.q_proj.weight");
-    l.wk = get(p + "self_attn.k_proj.weight");
-    l.wv = get(p + "self_attn.v_proj.weight");
-    l.wo = get(p + "self_attn.o_proj.weight");
-    l.ffn_norm = get(p + "post_attention_layernorm.weight");
-    l.w_gate = get(p + "mlp.gate_proj.weight");
-    l.w_up = get(p + "mlp.up_proj.weight");
-    l.w_down = get(p + "mlp.down_proj.weight");
-    if (c.qkv_bias) {
-      l.bq = get(p + "self_attn.q_proj.bias");
-      l.bk = get(p + "self_attn.k_proj.bias");
-      l.bv = get(p + "self_attn.v_proj.bias");
-    }
-    if (c.qk_norm) {
-      l.q_norm = get(p + "self_attn.q_norm.weight");
-      l.k_norm = get(p + "self_attn.k_norm.weight");
-    }
+    load_layer(c, w.layers[i], p, false, get);
   }
   DETINFER_CHECK(!d.tokenizer_json_path().empty(), dir, ": no tokenizer.json in the directory");
   m.tokenizer = spec_from_hf_files(d.tokenizer_json_path(), d.tokenizer_config_path());
@@ -263,8 +262,7 @@ LoadedModel load_model(const std::string& path, const std::function<void(int64_t
     };
     touch(m.weights.tok_embd);
     for (const LayerWeights& l : m.weights.layers)
-      for (const TensorView* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv,
-                                  &l.q_norm, &l.k_norm, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+      for (const TensorView* t : l.all())
         if (!t->empty()) touch(*t);
     if (m.weights.lm_head.data != m.weights.tok_embd.data) touch(m.weights.lm_head);
     touch(m.weights.out_norm);

@@ -109,16 +109,8 @@ TEST_P(CudaOpsEngine, VerifyCasesAreBitwiseIdentical) {
   CUDA_OPS_REQUIRE_GPU();
   LoadedModel m = load_model(model_path(GetParam()));
   Tokenizer tok(m.tokenizer);
-  VerifyOptions o;
-  o.prompts = {random_prompt(40, m.config.vocab_size, 1), random_prompt(3, m.config.vocab_size, 2),
-               tok.encode("Hello world, this is a test of determinism 12345.", true)};
-  o.max_tokens = 10;
-  o.trials = 3;
-  o.batch_others = {1, 7, 31};
-  o.chunks = {1, 7, 64, 100, 512};
-  o.prefix_lengths = {1, 15, 16, 17, 33};
-  o.thread_counts = {1};  // the GPU backend has no thread count
-  o.sampling = true;
+  VerifyOptions o = small_model_verify_options(
+      tok.encode("Hello world, this is a test of determinism 12345.", true), m.config.vocab_size, {1});
   expect_all_identical(run_verify(m.config, m.weights, &tok, cuda_factory(), 1, o));
 }
 
@@ -135,13 +127,7 @@ TEST_P(CudaOpsEngine, LogitsAreCloseToCpu) {
 INSTANTIATE_TEST_SUITE_P(Models, CudaOpsEngine,
                          ::testing::Values("llama", "llama_tied_bf16", "qwen2", "qwen3", "llama.gguf",
                                            "llama-f16.gguf", "llama-q8_0.gguf", "llama-q4_0.gguf",
-                                           "llama-q4_1.gguf", "qwen2.gguf", "qwen3.gguf"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& ch : s)
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           return s;
-                         });
+                                           "llama-q4_1.gguf", "qwen2.gguf", "qwen3.gguf"), NameFromString());
 
 // The default model (SmolLM2-135M Q4_1), where it is installed: logits close to the CPU's and
 // a quick verify. Skipped where it is absent (GPU machines get only the repository).

@@ -35,28 +35,14 @@ class EngineOnTinyModel : public ::testing::TestWithParam<std::string> {};
 TEST_P(EngineOnTinyModel, VerifyCasesAreBitwiseIdentical) {
   LoadedModel m = load_model(model_path(GetParam()));
   Tokenizer tok(m.tokenizer);
-  VerifyOptions o;
-  o.prompts = {random_prompt(40, m.config.vocab_size, 1), random_prompt(3, m.config.vocab_size, 2),
-               tok.encode("Hello world, this is a test of determinism 12345.", true)};
-  o.max_tokens = 10;
-  o.trials = 3;
-  o.batch_others = {1, 7, 31};
-  o.chunks = {1, 7, 64, 100, 512};
-  o.prefix_lengths = {1, 15, 16, 17, 33};
-  o.thread_counts = {1, 2, 3};
-  o.sampling = true;
+  VerifyOptions o = small_model_verify_options(
+      tok.encode("Hello world, this is a test of determinism 12345.", true), m.config.vocab_size, {1, 2, 3});
   expect_all_identical(run_verify(m.config, m.weights, &tok, cpu_factory(), 2, o));
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EngineOnTinyModel,
                          ::testing::Values("llama", "llama_tied_bf16", "qwen2", "qwen3", "llama.gguf",
-                                           "llama-q4_1.gguf", "qwen2.gguf", "qwen3.gguf"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+                                           "llama-q4_1.gguf", "qwen2.gguf", "qwen3.gguf"), NameFromString());
 
 TEST(Engine, DefaultModelQuickVerify) {
   DETINFER_DEFAULT_MODEL_OR_SKIP(path);

@@ -6,6 +6,8 @@
 //                   [--paths nccl,nccl_det,oneshot,twoshot,auto] [--graph-max 256K]
 //                   [--json FILE] [--no-check] [--blocks N] [--slot-kb K] [--ring R]
 //                   [--two-shot-bytes B] [--sweep | --sweep-bw]   (tuning tables, see run_sweep)
+//                   [--sweep-blocks 32,40] [--sweep-slots 128,256] [--sweep-rings 2,4]
+//                   [--sweep-two-shot-only]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -116,7 +118,8 @@ struct Args {
   std::vector<std::string> paths = {"nccl", "nccl_det", "oneshot", "twoshot", "auto"};
   int64_t graph_max = 256 << 10;
   std::string json;
-  bool check = true, sweep = false, sweep_bw = false;
+  bool check = true, sweep = false, sweep_bw = false, sweep_two_only = false;
+  std::vector<int> sweep_blocks = {32, 40}, sweep_slots_kb = {128, 256}, sweep_rings = {2, 4};
   Options opts = Options::from_env();
   std::string command;
 };
@@ -277,9 +280,11 @@ std::string machine_json(nlohmann::json& j) {
 
 void run_sweep(Args& a) {
   const double f = 2.0 * (a.world - 1) / a.world;
-  // Latency: the low-latency protocol against the fenced ring, eager and graph-replayed.
-  std::printf("# sweep A: one-shot latency, low-latency protocol off/on, fp32 (us per call)\n");
-  std::printf("%10s %12s %12s %12s %12s\n", "bytes", "ring_eager", "ring_graph", "ll_eager", "ll_graph");
+  // Latency and crossover: the low-latency one-shot, the fenced-ring one-shot and two-shot,
+  // eager (µs per call, fp32). Picks DETINFER_AR_LL_BYTES and DETINFER_AR_TWOSHOT_BYTES.
+  std::printf("# sweep A: world %d, latency by protocol, fp32 (us per call)\n", a.world);
+  std::printf("%10s %12s %12s %12s %12s %12s\n", "bytes", "ll_1shot", "ll_1shot_gr", "ring_1shot", "ring_1shot_gr",
+              "ring_2shot");
   {
     Options ring = a.opts, ll = a.opts;
     ring.nccl = ll.nccl = false;
@@ -289,20 +294,21 @@ void run_sweep(Args& a) {
     for (int64_t bytes = 1024; bytes <= (4 << 20); bytes *= 2) {
       const int64_t c = bytes / 4;
       const int it = iters_for(bytes);
-      std::printf("%10lld %12.2f %12.2f %12.2f %12.2f\n", static_cast<long long>(bytes),
-                  r0.time_eager(Algo::OneShot, DataType::F32, c, it, 5), r0.time_graph(Algo::OneShot, DataType::F32, c, 20, 10),
-                  r1.time_eager(Algo::OneShot, DataType::F32, c, it, 5), r1.time_graph(Algo::OneShot, DataType::F32, c, 20, 10));
+      std::printf("%10lld %12.2f %12.2f %12.2f %12.2f %12.2f\n", static_cast<long long>(bytes),
+                  r1.time_eager(Algo::OneShot, DataType::F32, c, it, 5), r1.time_graph(Algo::OneShot, DataType::F32, c, 20, 5),
+                  r0.time_eager(Algo::OneShot, DataType::F32, c, it, 5), r0.time_graph(Algo::OneShot, DataType::F32, c, 20, 5),
+                  r0.time_eager(Algo::TwoShot, DataType::F32, c, it, 5));
       std::fflush(stdout);
     }
   }
   if (!a.sweep_bw) return;
-  // Bandwidth: blocks per role x slot x ring depth.
-  std::printf("# sweep B: blocks/role x slot x ring, one-shot and two-shot, fp32\n");
+  // Bandwidth: blocks per role x slot x ring depth (lists from --sweep-blocks/-slots/-rings).
+  std::printf("# sweep B: world %d, blocks/role x slot x ring, one-shot and two-shot, fp32\n", a.world);
   std::printf("%6s %7s %5s %10s %12s %12s %12s %12s\n", "blocks", "slot_kb", "ring", "bytes", "1shot_us", "1shot_busbw",
               "2shot_us", "2shot_busbw");
-  for (int blocks : {32, 40})
-    for (int slot_kb : {128, 256})
-      for (int ring : {2, 4}) {
+  for (int blocks : a.sweep_blocks)
+    for (int slot_kb : a.sweep_slots_kb)
+      for (int ring : a.sweep_rings) {
         Options o = a.opts;
         o.nccl = false;
         o.blocks = blocks;
@@ -311,13 +317,20 @@ void run_sweep(Args& a) {
         Rig rig(a.world, 256ll << 20, o);
         for (int64_t bytes : {int64_t(4) << 20, int64_t(16) << 20, int64_t(64) << 20, int64_t(256) << 20}) {
           const int64_t count = bytes / 4;
-          double t1 = rig.time_eager(Algo::OneShot, DataType::F32, count, iters_for(bytes), 3);
+          double t1 = a.sweep_two_only ? 0.0 : rig.time_eager(Algo::OneShot, DataType::F32, count, iters_for(bytes), 3);
           double t2 = rig.time_eager(Algo::TwoShot, DataType::F32, count, iters_for(bytes), 3);
           std::printf("%6d %7d %5d %10lld %12.2f %12.2f %12.2f %12.2f\n", blocks, slot_kb, ring, static_cast<long long>(bytes),
-                      t1, bytes / t1 / 1e3 * f, t2, bytes / t2 / 1e3 * f);
+                      t1, t1 > 0 ? bytes / t1 / 1e3 * f : 0.0, t2, bytes / t2 / 1e3 * f);
         }
         std::fflush(stdout);
       }
+}
+
+std::vector<int> parse_ints(const std::string& s) {
+  std::vector<int> v;
+  for (const auto& x : split(s)) v.push_back(std::stoi(x));
+  DETINFER_CHECK(!v.empty(), "empty list: ", s);
+  return v;
 }
 
 }  // namespace
@@ -344,6 +357,10 @@ int main(int argc, char** argv) {
       else if (k == "--no-check") a.check = false;
       else if (k == "--sweep") a.sweep = true;
       else if (k == "--sweep-bw") a.sweep = a.sweep_bw = true;
+      else if (k == "--sweep-blocks") a.sweep_blocks = parse_ints(next());
+      else if (k == "--sweep-slots") a.sweep_slots_kb = parse_ints(next());
+      else if (k == "--sweep-rings") a.sweep_rings = parse_ints(next());
+      else if (k == "--sweep-two-shot-only") a.sweep_two_only = true;
       else if (k == "--blocks") a.opts.blocks = std::stoi(next());
       else if (k == "--slot-kb") a.opts.slot_bytes = std::stoll(next()) * 1024;
       else if (k == "--ring") a.opts.ring_depth = std::stoi(next());

@@ -1,5 +1,5 @@
-// GPU tests of the deterministic all-reduce in one process (T8 of DETERMINISM.md): real ranks on
-// the GPUs there are, virtual ranks (several per GPU) for world sizes 3, 4 and 8. Every result is
+// GPU tests of the deterministic all-reduce in one process (T8 of DETERMINISM.md): world sizes 2
+// to 8, one rank per GPU while there are GPUs, then several ranks per GPU. Every result is
 // compared bit for bit with the sequential rank-order (or tree) reference, and with fp64.
 #include <chrono>
 
@@ -140,6 +140,9 @@ void sweep(int world) {
 TEST(AllreduceGpu, T8SweepWorld2) { sweep(2); }
 TEST(AllreduceGpu, T8SweepWorld3Virtual) { sweep(3); }
 TEST(AllreduceGpu, T8SweepWorld4Virtual) { sweep(4); }
+TEST(AllreduceGpu, T8SweepWorld5Virtual) { sweep(5); }
+TEST(AllreduceGpu, T8SweepWorld6Virtual) { sweep(6); }
+TEST(AllreduceGpu, T8SweepWorld7Virtual) { sweep(7); }
 TEST(AllreduceGpu, T8SweepWorld8Virtual) { sweep(8); }
 
 // Up to 256 MiB: messages many times the registered rings, with odd counts and offsets.

@@ -31,19 +31,24 @@ using cuda::Layout;
 
 namespace {
 
-// Defaults from the sweeps on 2 x H200 (docs/ALLREDUCE.md): bigger slots amortise the one fence
-// per ring step; 40 blocks per role keep NVLink busy while three roles still fit on 132 SMs; the
-// low-latency protocol wins up to 256 KiB (its 16-byte lines carry 8 payload bytes, so it loses
-// on bandwidth above that); two-shot edges out one-shot from 64 MiB at 2 ranks.
-constexpr int kDefaultBlocks = 40;
-constexpr int64_t kDefaultSlotBytes = 128 << 10;
-constexpr int kDefaultRing = 4;
+// Defaults from the sweeps on 2 and 4 x H200 (docs/ALLREDUCE.md): bigger slots amortise the one
+// fence per ring step; 40 blocks per role keep NVLink busy while three roles still fit on 132
+// SMs (at 3+ ranks, 64 blocks of 64 KiB slots, 8 deep, move the most: two-shot's all-gather
+// reads from more peers at once). The low-latency protocol's 16-byte lines carry 8 payload bytes, so it loses on bandwidth
+// above a size that shrinks with the number of peers each rank reads: 256 KiB at 2 ranks, 64 KiB
+// at 4. Two-shot overtakes one-shot from 64 MiB at 2 ranks and from 1 MiB at 4.
+constexpr int kDefaultBlocks = 40, kDefaultBlocksManyRanks = 64;
+constexpr int64_t kDefaultSlotBytes = 128 << 10, kDefaultSlotBytesManyRanks = 64 << 10;
+constexpr int kDefaultRing = 4, kDefaultRingManyRanks = 8;
 constexpr int64_t kDefaultNcclScratch = 64ll << 20;
-constexpr int64_t kDefaultLLBytes = 256 << 10;
+constexpr int64_t kDefaultLLBytesTwoRanks = 256 << 10;
+constexpr int64_t kDefaultLLBytesManyRanks = 64 << 10;
 constexpr int64_t kTwoShotBytesTwoRanks = 64ll << 20;
-constexpr int64_t kTwoShotBytesManyRanks = 512 << 10;
+constexpr int64_t kTwoShotBytesManyRanks = 1 << 20;
 
-int64_t ll_bytes_of(const Options& o) { return o.ll_bytes >= 0 ? o.ll_bytes : kDefaultLLBytes; }
+int64_t ll_bytes_of(const Options& o, int N) {
+  return o.ll_bytes >= 0 ? o.ll_bytes : (N <= 2 ? kDefaultLLBytesTwoRanks : kDefaultLLBytesManyRanks);
+}
 // The low-latency kernel has one role, so it may use the residency of all three ring roles.
 int ll_blocks(int G) { return std::min(3 * G, 128); }
 
@@ -123,8 +128,8 @@ DeviceFacts device_facts(int dev) {
 
 // Blocks per role such that every rank's grid (3 roles) on a GPU fits at once: ranks on one GPU
 // wait for each other inside their kernels, so they must all be resident together.
-int blocks_for(const Options& o, const DeviceFacts& f, int ranks_on_device) {
-  int want = o.blocks > 0 ? o.blocks : kDefaultBlocks;
+int blocks_for(const Options& o, const DeviceFacts& f, int ranks_on_device, int N) {
+  int want = o.blocks > 0 ? o.blocks : (N <= 2 ? kDefaultBlocks : kDefaultBlocksManyRanks);
   int fit = f.sms * f.blocks_per_sm / (3 * ranks_on_device);
   DETINFER_CHECK(fit >= 1, "all-reduce: ", ranks_on_device, " ranks on one GPU cannot all be resident (",
                  f.sms * f.blocks_per_sm, " blocks fit); use fewer virtual ranks per GPU");
@@ -449,10 +454,11 @@ std::vector<std::unique_ptr<Communicator>> Communicator::create_local(const std:
   std::vector<int> rod(N, 0);
   for (int r = 0; r < N; ++r)
     for (int q = 0; q < N; ++q) rod[r] += devices[q] == devices[r];
-  for (int r = 0; r < N; ++r) G = std::min(G, blocks_for(opts, device_facts(devices[r]), rod[r]));
-  const int R = opts.ring_depth > 0 ? opts.ring_depth : kDefaultRing;
-  const int64_t slot = opts.slot_bytes > 0 ? (opts.slot_bytes + 15) / 16 * 16 : kDefaultSlotBytes;
-  const Layout lay = cuda::make_layout(G, N, R, slot, ll_bytes_of(opts), ll_blocks(G));
+  for (int r = 0; r < N; ++r) G = std::min(G, blocks_for(opts, device_facts(devices[r]), rod[r], N));
+  const int R = opts.ring_depth > 0 ? opts.ring_depth : (N <= 2 ? kDefaultRing : kDefaultRingManyRanks);
+  const int64_t slot = opts.slot_bytes > 0 ? (opts.slot_bytes + 15) / 16 * 16
+                                           : (N <= 2 ? kDefaultSlotBytes : kDefaultSlotBytesManyRanks);
+  const Layout lay = cuda::make_layout(G, N, R, slot, ll_bytes_of(opts, N), ll_blocks(G));
 
   std::vector<std::unique_ptr<Impl>> impls;
   for (int r = 0; r < N; ++r) {
@@ -611,7 +617,7 @@ std::unique_ptr<Communicator> Communicator::create(const Bootstrap& boot, const 
     int32_t p2p_wanted;
     int64_t knobs[5];  // options that must agree: they decide which kernels pair up
   } mine{host_hash(), device_facts(m->device), m->device, opts.p2p ? 1 : 0,
-         {opts.blocks, opts.slot_bytes, opts.ring_depth, opts.two_shot_bytes, ll_bytes_of(opts)}};
+         {opts.blocks, opts.slot_bytes, opts.ring_depth, opts.two_shot_bytes, ll_bytes_of(opts, N)}};
   std::vector<uint8_t> blob(sizeof(Info));
   std::memcpy(blob.data(), &mine, sizeof(Info));
   auto all = store_all_gather(st, m->key + "info", me, N, blob, boot_timeout);
@@ -635,12 +641,13 @@ std::unique_ptr<Communicator> Communicator::create(const Bootstrap& boot, const 
     int rod = 0;
     for (int q = 0; q < N; ++q)
       rod += infos[q].host == infos[r].host && std::strcmp(infos[q].facts.bus_id, infos[r].facts.bus_id) == 0;
-    G = std::min(G, blocks_for(opts, infos[r].facts, rod));
+    G = std::min(G, blocks_for(opts, infos[r].facts, rod, N));
   }
   m->G = G;
-  const int R = opts.ring_depth > 0 ? opts.ring_depth : kDefaultRing;
-  const int64_t slot = opts.slot_bytes > 0 ? (opts.slot_bytes + 15) / 16 * 16 : kDefaultSlotBytes;
-  m->lay = cuda::make_layout(G, N, R, slot, ll_bytes_of(opts), ll_blocks(G));
+  const int R = opts.ring_depth > 0 ? opts.ring_depth : (N <= 2 ? kDefaultRing : kDefaultRingManyRanks);
+  const int64_t slot = opts.slot_bytes > 0 ? (opts.slot_bytes + 15) / 16 * 16
+                                           : (N <= 2 ? kDefaultSlotBytes : kDefaultSlotBytesManyRanks);
+  m->lay = cuda::make_layout(G, N, R, slot, ll_bytes_of(opts, N), ll_blocks(G));
   AR_CUDA(cudaMalloc(&m->region, m->lay.total));
   AR_CUDA(cudaMemset(m->region, 0, m->lay.total));
   AR_CUDA(cudaDeviceSynchronize());

@@ -17,6 +17,8 @@ struct ModelOptions {
   std::string model;   // empty: the default model
   int threads = 0;     // 0: all cores
   std::string device = "auto";  // auto: cuda when built with it and a GPU is present, else cpu
+  std::string determinism = "on";  // off: the GPU uses cuBLAS (faster, not batch-invariant)
+  bool deterministic() const { return determinism != "off"; }
   void add(CLI::App* app);
 };
 
@@ -24,7 +26,8 @@ struct ModelOptions {
 // requested GPU is not there).
 std::string resolve_device(const ModelOptions& o);
 // The backend's Ops; threads = CPU threads (the CPU backend's workers).
-std::unique_ptr<Ops> make_ops(const std::string& device, int threads);
+// deterministic = false (`--determinism off`) applies to the GPU only; the CPU backend has one mode.
+std::unique_ptr<Ops> make_ops(const std::string& device, int threads, bool deterministic = true);
 
 struct SamplingOptions {
   SamplingParams params;

@@ -114,7 +114,7 @@ void run(const RunOptions& o) {
   Tokenizer tok = make_tokenizer(m, o);
   const int threads = resolve_threads(o.model.threads);
   const std::string device = resolve_device(o.model);
-  auto ops = make_ops(device, threads);
+  auto ops = make_ops(device, threads, o.model.deterministic());
   Engine engine(m.config, m.weights, &tok, *ops, engine_options(o.kv_mb));
   std::vector<ChatMessage> history;
   if (!o.system.empty()) history.push_back({"system", o.system});
@@ -136,7 +136,7 @@ void run(const RunOptions& o) {
     }
   }
   if (o.check_batch > 0 && !g_interrupted) {
-    auto check_ops = make_ops(device, threads);  // a fresh backend: nothing shared with the first run
+    auto check_ops = make_ops(device, threads, o.model.deterministic());  // a fresh backend: nothing shared with the first run
     check_in_batch(m, tok, *check_ops, o, req, r);
   }
 }
@@ -144,7 +144,7 @@ void run(const RunOptions& o) {
 void chat(const RunOptions& o) {
   LoadedModel m = load(o.model);
   Tokenizer tok = make_tokenizer(m, o);
-  auto ops = make_ops(resolve_device(o.model), resolve_threads(o.model.threads));
+  auto ops = make_ops(resolve_device(o.model), resolve_threads(o.model.threads), o.model.deterministic());
   Engine engine(m.config, m.weights, &tok, *ops, engine_options(o.kv_mb));
   std::vector<ChatMessage> history;
   if (!o.system.empty()) history.push_back({"system", o.system});

@@ -64,7 +64,7 @@ std::vector<std::vector<int32_t>> load_prompts(const VerifyCli& o, const Tokeniz
 std::string child_digest(const VerifyCli& o, const std::string& model_path) {
   // Resolve our own path here: inside popen's shell, /proc/self/exe would be the shell.
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  std::string cmd = cat("'", self, "' verify --child-digest --device ", resolve_device(o.model), " -m '",
+  std::string cmd = cat("'", self, "' verify --child-digest --device ", resolve_device(o.model), " --determinism ", o.model.determinism, " -m '",
                         model_path, "' --max-tokens ",
                         o.max_tokens, " -t ", resolve_threads(o.model.threads), o.quick ? " --quick" : "",
                         o.long_prompt ? " --long" : "");
@@ -100,7 +100,8 @@ void verify(const VerifyCli& o) {
       if (std::find(vo.prefix_lengths.begin(), vo.prefix_lengths.end(), len) == vo.prefix_lengths.end())
         vo.prefix_lengths.push_back(len);
   const std::string device = resolve_device(o.model);
-  OpsFactory make_ops = [device](int t) { return cli::make_ops(device, t); };
+  const bool det = o.model.deterministic();  // off: shows what the promises cost to break
+  OpsFactory make_ops = [device, det](int t) { return cli::make_ops(device, t, det); };
 
   // The reference outputs of every prompt, alone, greedy and sampled: hashed for the
   // two-process check.

@@ -27,6 +27,10 @@ void ModelOptions::add(CLI::App* app) {
   app->add_option("-t,--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
   app->add_option("--device", device, "cpu, cuda or auto (cuda when a GPU is present)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app->add_option("--determinism", determinism,
+                  "on (batch-invariant kernels) or off (GPU: cuBLAS, the speed reference; not reproducible "
+                  "across batches)")
+      ->check(CLI::IsMember({"on", "off"}));
 }
 
 void SamplingOptions::add(CLI::App* app) {
@@ -70,10 +74,15 @@ std::string resolve_device(const ModelOptions& o) {
   return "cpu";
 }
 
-std::unique_ptr<Ops> make_ops(const std::string& device, int threads) {
+std::unique_ptr<Ops> make_ops(const std::string& device, int threads, bool deterministic) {
 #ifdef DETINFER_WITH_CUDA
-  if (device == "cuda") return std::make_unique<CudaOps>(0);
+  if (device == "cuda") return std::make_unique<CudaOps>(0, deterministic);
 #endif
+  if (!deterministic) {
+    static bool told = false;
+    if (!told) std::fprintf(stderr, "detinfer: --determinism off has no effect on the CPU backend\n");
+    told = true;
+  }
   return std::make_unique<CpuOps>(threads);
 }
 

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 
 #include "common/error.h"
@@ -195,6 +196,36 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaOpsGemmT1,
                          [](const auto& info) {
                            return "N" + std::to_string(info.param.N) + "_K" + std::to_string(info.param.K);
                          });
+
+// ---- the two GEMM implementations -----------------------------------------------------------------
+
+// On Hopper the TMA/wgmma GEMM serves every M; DETINFER_GEMM=mma selects the portable mma.sync
+// kernel that other GPUs run. They must give the same bits, so that a model's outputs do not
+// depend on which one a GPU has (and H100/H200 runs compare with runs elsewhere).
+TEST(CudaOpsGemmKernels, HopperAndPortableKernelsGiveTheSameBits) {
+  CUDA_OPS_REQUIRE_GPU();
+  CudaOps fast(0);
+  setenv("DETINFER_GEMM", "mma", 1);
+  CudaOps portable(0);
+  unsetenv("DETINFER_GEMM");
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{576, 1536}, {1000, 1001}, {4096, 4096}, {1536, 576}}) {
+    auto w = make_tensor(DType::BF16, N, K, 77 + N);
+    constexpr int64_t kMaxM = 1000;
+    const std::vector<float> x = random_normal(kMaxM * K, 5 + K);
+    DeviceArray fx(fast, 0, kMaxM * K), fy(fast, 1, kMaxM * N);
+    DeviceArray px(portable, 0, kMaxM * K), py(portable, 1, kMaxM * N);
+    fx.upload(x), px.upload(x);
+    for (int64_t M : {1, 3, 8, 17, 64, 65, 130, 256, 300, 1000}) {
+      fy.poison(), py.poison();
+      fast.matmul(fx.ptr, M, w->view, nullptr, fy.ptr);
+      portable.matmul(px.ptr, M, w->view, nullptr, py.ptr);
+      const std::vector<float> a = fy.download(M * N), b = py.download(M * N);
+      const int64_t d = first_bit_difference(a.data(), b.data(), M * N);
+      EXPECT_EQ(d, -1) << N << "x" << K << " M=" << M << ": element " << d << " is " << a[d < 0 ? 0 : d]
+                       << " on this GPU's kernel, " << b[d < 0 ? 0 : d] << " on the portable one";
+    }
+  }
+}
 
 // ---- rmsnorm -------------------------------------------------------------------------------------
 

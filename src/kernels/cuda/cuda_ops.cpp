@@ -2,17 +2,25 @@
 // (kernels/cuda/launch.h). Everything runs on one stream of the object's device, in issue order.
 #include "kernels/cuda/cuda_ops.h"
 
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <thread>
+#include <mutex>
+#include <exception>
 #include <unordered_map>
 #include <vector>
 
 #include "common/error.h"
 #include "common/half.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/gemm_wgmma.h"
 #include "kernels/cuda/launch.h"
 
 namespace detinfer {
@@ -20,6 +28,12 @@ namespace detinfer {
 namespace {
 
 using cuda::check;
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
 
 // A device allocation that frees itself.
 class DeviceBuffer {
@@ -43,8 +57,15 @@ class DeviceBuffer {
     if (err != cudaSuccess) {
       p_ = nullptr;
       cudaGetLastError();  // so that later calls do not report this error again
-      fail("CUDA: cannot allocate ", n, " bytes of device memory for ", what, ": ",
-           cudaGetErrorString(err));
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      cudaGetLastError();
+      const double gib = 1024.0 * 1024.0 * 1024.0;
+      fail("CUDA: out of GPU memory: ", what, " needs ", fixed(n / gib, 2), " GiB, ",
+           fixed(free_b / gib, 2), " GiB of ", fixed(total_b / gib, 2), " GiB are free (",
+           cudaGetErrorString(err), "). The bf16 weights and the fp32 KV cache must fit: use a "
+           "smaller KV cache (run/chat: --kv-mb), fewer or shorter sequences, a smaller model, "
+           "or --device cpu");
     }
     bytes_ = static_cast<int64_t>(n);
   }
@@ -81,6 +102,13 @@ struct StepLayout {
 
 struct CudaOps::Impl {
   int device = 0;
+  bool deterministic = true;
+  // Hopper (sm_90): the TMA/wgmma GEMM (gemm_wgmma.cu); elsewhere the mma.sync one. Both give
+  // every element the same bits (one accumulator chain, the same MMA sums: bench_gemm checks it).
+  bool hopper = false;
+  // `--determinism off`: cuBLAS, its workspace, and x rounded to bf16 for it.
+  cublasHandle_t blas = nullptr;
+  DeviceBuffer blas_workspace, x_bf16;
   cudaStream_t stream = nullptr;
   cudaEvent_t meta_copied = nullptr;  // the last metadata upload has left the pinned buffer
 
@@ -172,13 +200,31 @@ const cuda::GemmWeight& CudaOps::Impl::matrix(const TensorView& w) {
   v.N = N, v.K = K;
   v.Np = round_up(N, cuda::kGemmBN), v.Kp = round_up(K, cuda::kGemmBK);
   // Dequantize exactly (dequantize_row), round each value to bf16, pad with zeros.
+  // Rows are independent: large matrices are converted on several host threads.
   std::vector<uint16_t> host(static_cast<size_t>(v.Np * v.Kp), 0);
-  std::vector<float> row(static_cast<size_t>(K));
-  for (int64_t r = 0; r < N; ++r) {
-    dequantize_row(w.dtype, w.data + r * row_bytes, row.data(), K);
-    uint16_t* dst = host.data() + r * v.Kp;
-    for (int64_t k = 0; k < K; ++k) dst[k] = f32_to_bf16(row[k]);
-  }
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto convert = [&](int64_t r0, int64_t r1) {
+    try {
+      std::vector<float> row(static_cast<size_t>(K));
+      for (int64_t r = r0; r < r1; ++r) {
+        dequantize_row(w.dtype, w.data + r * row_bytes, row.data(), K);
+        uint16_t* dst = host.data() + r * v.Kp;
+        for (int64_t k = 0; k < K; ++k) dst[k] = f32_to_bf16(row[k]);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+    }
+  };
+  const int64_t workers = N * K < (int64_t{1} << 22)
+                              ? 1
+                              : std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 16);
+  std::vector<std::thread> pool;
+  for (int64_t i = 1; i < workers; ++i) pool.emplace_back(convert, N * i / workers, N * (i + 1) / workers);
+  convert(0, N / workers);
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
   Matrix m{Signature(w), {}, {}};
   m.data.allocate(static_cast<int64_t>(host.size() * sizeof(uint16_t)), "a matmul weight");
   upload(m.data.as<void>(), host.data(), host.size() * sizeof(uint16_t), "weight upload");
@@ -248,7 +294,16 @@ int CudaOps::device_count() {
   return n;
 }
 
-CudaOps::CudaOps(int device) : impl_(std::make_unique<Impl>()) {
+std::string CudaOps::device_name(int device) {
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return p.name;
+}
+
+CudaOps::CudaOps(int device, bool deterministic) : impl_(std::make_unique<Impl>()) {
   const int n = device_count();
   DETINFER_CHECK(device >= 0 && device < n, "CUDA device ", device, " does not exist (",
                  n, " visible)");
@@ -256,6 +311,23 @@ CudaOps::CudaOps(int device) : impl_(std::make_unique<Impl>()) {
   impl_->set_device();
   check(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking), "stream create");
   check(cudaEventCreateWithFlags(&impl_->meta_copied, cudaEventDisableTiming), "event create");
+  impl_->deterministic = deterministic;
+  {
+    cudaDeviceProp p{};
+    check(cudaGetDeviceProperties(&p, device), "device properties");
+    const char* force = std::getenv("DETINFER_GEMM");  // "mma": the portable kernel (tests)
+    impl_->hopper = p.major == 9 && p.minor == 0 && !(force && std::string(force) == "mma");
+  }
+  if (!deterministic) {
+    Impl& s = *impl_;
+    DETINFER_CHECK(cublasCreate(&s.blas) == CUBLAS_STATUS_SUCCESS, "cuBLAS: cannot create a handle");
+    s.blas_workspace.allocate(32ll << 20, "the cuBLAS workspace");
+    DETINFER_CHECK(cublasSetStream(s.blas, s.stream) == CUBLAS_STATUS_SUCCESS &&
+                       cublasSetWorkspace(s.blas, s.blas_workspace.as<void>(), s.blas_workspace.bytes()) ==
+                           CUBLAS_STATUS_SUCCESS &&
+                       cublasSetMathMode(s.blas, CUBLAS_DEFAULT_MATH) == CUBLAS_STATUS_SUCCESS,
+                   "cuBLAS: cannot set stream, workspace or math mode");
+  }
 }
 
 CudaOps::~CudaOps() {
@@ -264,6 +336,7 @@ CudaOps::~CudaOps() {
   if (impl_->stream) cudaStreamSynchronize(impl_->stream);
   if (impl_->meta_pinned) cudaFreeHost(impl_->meta_pinned);
   if (impl_->meta_copied) cudaEventDestroy(impl_->meta_copied);
+  if (impl_->blas) cublasDestroy(impl_->blas);
   Impl* p = impl_.get();
   p->matrices.clear();
   p->raw_tables.clear();
@@ -278,6 +351,15 @@ CudaOps::~CudaOps() {
 }
 
 int CudaOps::device() const { return impl_->device; }
+bool CudaOps::deterministic() const { return impl_->deterministic; }
+
+void CudaOps::memory_info(int64_t* free_bytes, int64_t* total_bytes) const {
+  impl_->set_device();
+  size_t f = 0, t = 0;
+  check(cudaMemGetInfo(&f, &t), "cudaMemGetInfo");
+  if (free_bytes) *free_bytes = static_cast<int64_t>(f);
+  if (total_bytes) *total_bytes = static_cast<int64_t>(t);
+}
 
 void CudaOps::init(const ModelConfig& config, const KvCacheShape& kv) {
   Impl& s = *impl_;
@@ -433,7 +515,30 @@ void CudaOps::matmul(const float* x, int64_t M, const TensorView& w, const Tenso
   s.set_device();
   const cuda::GemmWeight& g = s.matrix(w);
   const float* b = bias ? s.vector(*bias, g.N, "matmul bias") : nullptr;
-  cuda::gemm_bf16(x, M, g, b, y, s.stream);
+  if (M <= 0) return;
+  if (s.deterministic && !s.hopper) return cuda::gemm_bf16(x, M, g, b, y, s.stream);
+  // x rounded to bf16 once (round to nearest even, as every kernel here), zero-padded to Kp.
+  const int64_t ld = s.deterministic ? g.Kp : g.K;
+  const int64_t need = M * ld * static_cast<int64_t>(sizeof(uint16_t));
+  if (s.x_bf16.bytes() < need) {
+    s.sync();
+    s.x_bf16.allocate(std::max(need, 2 * s.x_bf16.bytes()), "matmul input (bf16)");
+  }
+  if (s.deterministic) {
+    cuda::round_rows_to_bf16(x, M, g.K, ld, s.x_bf16.as<uint16_t>(), s.stream);
+    return cuda::gemm_wgmma(s.x_bf16.as<uint16_t>(), ld, M, g, b, y, s.stream);
+  }
+  // Off: cuBLAS with its heuristics. Row-major y[M, N] = x[M, K]·Wᵀ is column-major
+  // yᵀ[N, M] = W[N, K]ᵀᵀ·xᵀ: op T on W (ld Kp), op N on x (ld K), fp32 output and compute.
+  cuda::round_to_bf16(x, M * g.K, s.x_bf16.as<uint16_t>(), s.stream);
+  const float one = 1.0f, zero = 0.0f;
+  const cublasStatus_t st = cublasGemmEx(
+      s.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.N), static_cast<int>(M), static_cast<int>(g.K), &one,
+      g.w, CUDA_R_16BF, static_cast<int>(g.Kp), s.x_bf16.as<void>(), CUDA_R_16BF, static_cast<int>(g.K), &zero, y,
+      CUDA_R_32F, static_cast<int>(g.N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  DETINFER_CHECK(st == CUBLAS_STATUS_SUCCESS, "cuBLAS GEMM (", M, "x", g.N, "x", g.K, ") failed: status ",
+                 static_cast<int>(st));
+  if (b) cuda::add_bias(y, M, g.N, b, s.stream);
 }
 
 void CudaOps::rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,

@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "model/ops.h"
 
@@ -25,14 +26,21 @@ class CudaOps final : public Ops {
  public:
   // Number of CUDA devices visible (0 when there is no driver or no GPU); never throws.
   static int device_count();
+  // The device's name, e.g. "NVIDIA H100 80GB HBM3" (empty if it cannot be asked).
+  static std::string device_name(int device);
 
-  explicit CudaOps(int device = 0);  // throws Error if the device cannot be used
+  // deterministic = false is `--determinism off`: matmuls go to cuBLAS with its own heuristics
+  // (fastest, not batch-invariant), the price reference for the deterministic kernels.
+  explicit CudaOps(int device = 0, bool deterministic = true);  // throws Error if unusable
   ~CudaOps() override;
   CudaOps(const CudaOps&) = delete;
   CudaOps& operator=(const CudaOps&) = delete;
 
   const char* name() const override { return "cuda"; }
   int device() const;
+  bool deterministic() const;
+  // Bytes of device memory free and in total on this object's GPU (cudaMemGetInfo).
+  void memory_info(int64_t* free_bytes, int64_t* total_bytes) const;
 
   void init(const ModelConfig& config, const KvCacheShape& kv) override;
   float* scratch(int slot, int64_t n) override;

@@ -15,6 +15,8 @@
 // order above and serves every M (tests/cuda/test_cuda_ops_kernels.cpp T1 checks the bits).
 #include <cuda_bf16.h>
 
+#include <atomic>
+
 #include "common/error.h"
 #include "kernels/cuda/launch.h"
 
@@ -137,13 +139,161 @@ __global__ void __launch_bounds__(kThreads)
       }
 }
 
+// ---- the small-M kernel (decode) -----------------------------------------------------------------
+// Same numbers as gemm_bf16_kernel, another schedule: for M <= 16·MT each block owns 32 weight
+// rows (4 warps × one n8 tile) and all M rows (MT m16 tiles); W and x stream through a
+// kSkStages-deep cp.async pipeline so that many weight bytes are in flight per SM (decode reads
+// every weight once per step, so its speed is HBM bandwidth). Each element still has one
+// accumulator, +0 first, one mma.sync.m16n8k16 per 16 values of K in increasing k over the same
+// padded Kp, with the same bf16 operands (x rounded to nearest even element by element): the
+// same bits as the large kernel, whichever kernel a given M picks (T1 checks it).
+constexpr int kSkBN = 32, kSkBK = 64, kSkStages = 8, kSkThreads = 128;
+constexpr int kSkLdW = kSkBK + 8;  // bf16; 144-byte rows: B-fragment loads hit 32 banks
+constexpr int kSkLdX = kSkBK + 8;  // fp32; 288-byte rows: A-fragment float2 loads conflict-free
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  return static_cast<uint32_t>(to_bf16(lo)) | (static_cast<uint32_t>(to_bf16(hi)) << 16);
+}
+
+template <int MT>
+__global__ void __launch_bounds__(kSkThreads)
+    gemm_bf16_small_m_kernel(const float* __restrict__ x, int64_t M, int64_t K,
+                             const uint16_t* __restrict__ w, int64_t N, int64_t Kp,
+                             const float* __restrict__ bias, float* __restrict__ y) {
+  constexpr int XR = 16 * MT;
+  extern __shared__ __align__(16) unsigned char sk_smem[];
+  uint16_t* ws = reinterpret_cast<uint16_t*>(sk_smem);                       // [stages][32][kSkLdW]
+  float* xs = reinterpret_cast<float*>(ws + kSkStages * kSkBN * kSkLdW);      // [stages][XR][kSkLdX]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, tq = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kSkBN;
+  const int64_t n_k = (Kp + kSkBK - 1) / kSkBK;
+
+  // One stage: 32 W rows × 64 k (256 16-byte chunks, 2 per thread) and XR x rows × 64 k
+  // (16 chunks of 4 floats per row). Past Kp (W) and past M or K (x): zeros.
+  auto load_stage = [&](int st, int64_t kt) {
+    const int64_t k0 = kt * kSkBK;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int e = tid + kSkThreads * j, r = e >> 3, c = (e & 7) * 8;
+      const bool ok = k0 + c < Kp;
+      cp_async16(ws + (st * kSkBN + r) * kSkLdW + c, ok ? w + (n0 + r) * Kp + k0 + c : w, ok);
+    }
+    for (int e = tid; e < XR * 16; e += kSkThreads) {
+      const int r = e >> 4, c = (e & 15) * 4;
+      const bool ok = r < M && k0 + c < K;
+      cp_async16(xs + (st * XR + r) * kSkLdX + c, ok ? x + r * K + k0 + c : x, ok);
+    }
+  };
+
+  float acc[MT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = 0.0f;
+
+#pragma unroll
+  for (int st = 0; st < kSkStages - 1; ++st) {
+    if (st < n_k) load_stage(st, st);
+    cp_async_commit();
+  }
+  for (int64_t kt = 0; kt < n_k; ++kt) {
+    cp_async_wait<kSkStages - 2>();
+    __syncthreads();  // stage kt landed for all; everyone is done with stage kt - 1
+    if (kt + kSkStages - 1 < n_k) load_stage(static_cast<int>((kt + kSkStages - 1) % kSkStages), kt + kSkStages - 1);
+    cp_async_commit();
+    const int st = static_cast<int>(kt % kSkStages);
+    const uint16_t* wst = ws + (st * kSkBN + warp * 8 + g) * kSkLdW + tq * 2;
+    const float* xst = xs + st * XR * kSkLdX + tq * 2;
+#pragma unroll
+    for (int ks = 0; ks < kSkBK; ks += 16) {
+      if (kt * kSkBK + ks >= Kp) break;  // the same K steps as the large kernel, no more
+      uint32_t b[2] = {ld_pair(wst + ks), ld_pair(wst + ks + 8)};
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const float* p0 = xst + (mt * 16 + g) * kSkLdX + ks;
+        const float* p1 = p0 + 8 * kSkLdX;
+        const float2 v0 = *reinterpret_cast<const float2*>(p0);
+        const float2 v1 = *reinterpret_cast<const float2*>(p1);
+        const float2 v2 = *reinterpret_cast<const float2*>(p0 + 8);
+        const float2 v3 = *reinterpret_cast<const float2*>(p1 + 8);
+        uint32_t a[4] = {pack_bf16(v0.x, v0.y), pack_bf16(v1.x, v1.y), pack_bf16(v2.x, v2.y),
+                         pack_bf16(v3.x, v3.y)};
+        mma_bf16(acc[mt], a, b);
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = mt * 16 + g + 8 * h;
+      if (r >= M) continue;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = n0 + warp * 8 + tq * 2 + e;
+        if (c >= N) continue;
+        float v = acc[mt][2 * h + e];
+        if (bias) v = __fadd_rn(v, bias[c]);
+        y[r * N + c] = v;
+      }
+    }
+}
+
+template <int MT>
+void launch_small_m(const float* x, int64_t M, const GemmWeight& w, const float* bias, float* y,
+                    cudaStream_t stream) {
+  const size_t smem = kSkStages * (kSkBN * kSkLdW * sizeof(uint16_t) + 16 * MT * kSkLdX * sizeof(float));
+  // The shared-memory opt-in is per device: set it once per device and instance.
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load() & bit)) {
+    check(cudaFuncSetAttribute(gemm_bf16_small_m_kernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          "gemm small-M smem");
+    configured.fetch_or(bit);
+  }
+  const dim3 grid(static_cast<unsigned>(w.Np / kSkBN));
+  gemm_bf16_small_m_kernel<MT><<<grid, kSkThreads, smem, stream>>>(x, M, w.K, w.w, w.N, w.Kp, bias, y);
+  check(cudaGetLastError(), "gemm small-M launch");
+}
+
+std::atomic<bool> gemm_small_m_enabled{true};
+
+bool K_aligned_for_small_m(const float* x, int64_t K) {
+  return K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
 }  // namespace
+
+void set_gemm_small_m_kernel(bool enabled) { gemm_small_m_enabled = enabled; }
 
 void gemm_bf16(const float* x, int64_t M, const GemmWeight& w, const float* bias, float* y,
                cudaStream_t stream) {
   if (M <= 0 || w.N <= 0) return;
   DETINFER_CHECK(w.Np % BN == 0 && w.Kp % BK == 0 && w.Np >= w.N && w.Kp >= w.K,
                  "gemm: weight padding ", w.Np, "x", w.Kp, " does not fit the tile shape");
+  // Small M (decode): the streaming kernel, when x's rows can be copied in 16-byte pieces.
+  // Which kernel runs changes only the schedule, never a row's bits (see above).
+  const bool x_vectors = K_aligned_for_small_m(x, w.K);
+  if (M <= kGemmSmallM && x_vectors && gemm_small_m_enabled) {
+    if (M <= 16) return launch_small_m<1>(x, M, w, bias, y, stream);
+    if (M <= 32) return launch_small_m<2>(x, M, w, bias, y, stream);
+    return launch_small_m<4>(x, M, w, bias, y, stream);
+  }
   const int64_t grid_m = (M + BM - 1) / BM;
   DETINFER_CHECK(grid_m <= 65535, "gemm: M = ", M, " rows is more than one launch takes");
   const dim3 grid(static_cast<unsigned>(w.Np / BN), static_cast<unsigned>(grid_m));

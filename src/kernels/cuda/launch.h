@@ -27,9 +27,15 @@ struct GemmWeight {
   int64_t Np = 0, Kp = 0;       // padded: multiples of kGemmBN and kGemmBK
 };
 
-// y[M, N] = bf16(x[M, K]) · Wᵀ, fp32 accumulation, then + bias[n] (bias may be null).
+constexpr int kGemmSmallM = 64;  // up to this M a streaming schedule (same bits) serves decode
+
+// y[M, N] = bf16(x[M, K]) · Wᵀ, fp32 accumulation, then + bias[n] (bias may be null). Every M
+// gives each row the same bits; M <= kGemmSmallM runs the small-M schedule.
 void gemm_bf16(const float* x, int64_t M, const GemmWeight& w, const float* bias, float* y,
                cudaStream_t stream);
+
+// Tests and benchmarks: false makes every M use the large-M schedule (default true).
+void set_gemm_small_m_kernel(bool enabled);
 
 // ---- row and element-wise kernels ------------------------------------------------------------------
 void rmsnorm(const float* x, int64_t rows, int64_t D, const float* w, float eps, float* y,
@@ -40,6 +46,10 @@ void rope(float* x, int64_t T, int n_heads, int head_dim, const int32_t* pos, co
 void swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
 void add(float* y, const float* x, int64_t n, cudaStream_t stream);
 void exp_n(const float* x, int64_t n, float* y, cudaStream_t stream);
+// `--determinism off` only (the cuBLAS path): out[i] = bf16(x[i]) (round to nearest even), and
+// y[r, n] += bias[n].
+void round_to_bf16(const float* x, int64_t n, uint16_t* out, cudaStream_t stream);
+void add_bias(float* y, int64_t rows, int64_t N, const float* bias, cudaStream_t stream);
 // x[t, :] = dequantized row tokens[t] of a table stored as `dtype` rows of row_bytes bytes.
 void embed(const uint8_t* table, DType dtype, int64_t row_bytes, int64_t D, const int32_t* tokens,
            int64_t T, float* x, cudaStream_t stream);

@@ -1,0 +1,377 @@
+// The Hopper GEMM: y[M, N] = x[M, K] · Wᵀ (+ bias) with wgmma (sm_90a), bf16 inputs, fp32
+// accumulators, for every M, decode and prefill alike.
+//
+// "Swap AB": W is wgmma's A operand (64 rows of W per consumer warpgroup) and the tokens are its
+// B operand (TN = 8 ... 256 tokens on wgmma's N side). A 64-row slice of W is the smallest unit of
+// work, so decode (M = 1..8) runs the same instruction with n8 that prefill runs with n256.
+//
+// Why a row's bits do not depend on M: each output element y[m, n] has one fp32 accumulator that
+// starts at +0 and goes through one wgmma k16 step per 16 values of K, k = 0, 16, 32, ... in
+// increasing order, up to the weight's padded K (zeros past K): no split-K, no stream-K, no order
+// that depends on the grid or on M. The result of a wgmma for one element depends only on its row
+// of A, its column of B and its accumulator, whatever N is (bench_mma_bits checks this on the
+// hardware; bench_gemm checks whole rows at several M). Then + bias[n] in one fp32 add.
+//
+// Pipeline: one producer warpgroup (one thread issues TMA loads of a 64·WG × 64 W tile and a
+// TN × 64 token tile per stage, 128-byte swizzle) and WG consumer warpgroups, ST stages, a "full"
+// mbarrier (TMA transaction bytes) and an "empty" mbarrier (consumers done) per stage. Persistent
+// grid, tiles in order with the token tile fastest, so the CTAs that run together share a W tile
+// and W streams from memory about once.
+//
+// For M <= 32 the same chain runs on mma.sync (gemm_small_kernel below): bit for bit the same
+// result per element, shorter latency per K step.
+#include <cuda.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "kernels/cuda/gemm_wgmma.h"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace detinfer::cuda {
+
+namespace {
+
+using namespace sm90;
+constexpr int kBK = 64;  // K per stage: one 128-byte swizzle row of bf16
+
+template <int TN, int WG, int ST>
+struct Cfg {
+  static constexpr int kRows = 64 * WG;  // W rows per CTA
+  static constexpr int kWBytes = kRows * kBK * 2, kXBytes = TN * kBK * 2;
+  static constexpr int kStageBytes = kWBytes + kXBytes;
+  static constexpr int kThreads = 128 * (WG + 1);
+  static constexpr size_t kSmem = size_t{ST} * kStageBytes + 1024 + 2 * ST * sizeof(uint64_t);
+  static_assert(kXBytes % 1024 == 0 && kWBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
+  static_assert(kSmem <= 227 * 1024, "shared memory");
+};
+
+// Persistent: CTA b computes tiles b, b + gridDim.x, ... (token tile fastest), so the producer
+// already loads the next tile's first stages while the consumers store the last one. Which CTA
+// computes a tile never changes how it is computed.
+template <int TN, int WG, int ST>
+__global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
+    gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tm_w,
+                      const __grid_constant__ CUtensorMap tm_x, int64_t M, int64_t N, int k_tiles,
+                      int tok_tiles, int tiles, const float* __restrict__ bias,
+                      float* __restrict__ y) {
+  using C = Cfg<TN, WG, ST>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint64_t* full = reinterpret_cast<uint64_t*>(base + ST * C::kStageBytes);
+  uint64_t* empty = full + ST;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], WG * 128);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    if (threadIdx.x == 0) {
+      tma_prefetch_map(&tm_w);
+      tma_prefetch_map(&tm_x);
+      int it = 0;  // stages used so far, over all tiles of this CTA
+      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const int tok0 = (t % tok_tiles) * TN, row0 = (t / tok_tiles) * C::kRows;
+        for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+          const int s = it % ST;
+          if (it >= ST) mbar_wait(&empty[s], ((it / ST) - 1) & 1);
+          uint8_t* st = base + s * C::kStageBytes;
+          mbar_arrive_expect_tx(&full[s], C::kStageBytes);
+          tma_load_2d(st, &tm_w, kt * kBK, row0, &full[s]);
+          tma_load_2d(st + C::kWBytes, &tm_x, kt * kBK, tok0, &full[s]);
+        }
+      }
+    }
+    return;
+  }
+
+  const int c = wg - 1;  // consumer: W rows row0 + 64c ... + 63
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  int it = 0;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int tok0 = (t % tok_tiles) * TN, row0 = (t / tok_tiles) * C::kRows;
+    float acc[TN / 2];
+#pragma unroll
+    for (int i = 0; i < TN / 2; ++i) acc[i] = 0.0f;
+    for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+      const int s = it % ST;
+      mbar_wait(&full[s], (it / ST) & 1);
+      const uint8_t* st = base + s * C::kStageBytes;
+      const uint64_t da = desc_sw128(st + c * 64 * kBK * 2), db = desc_sw128(st + C::kWBytes);
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < kBK / 16; ++k) wgmma_bf16<TN>(acc, da + 2 * k, db + 2 * k);  // +32 B
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous stage's MMAs are done: hand its buffers back
+      // (every consumer thread arrives: a lane-0 branch here makes ptxas serialize the wgmmas)
+      if (kt > 0) mbar_arrive(&empty[(it - 1) % ST]);
+    }
+    wgmma_wait<0>();
+    mbar_arrive(&empty[(it - 1) % ST]);
+
+    // Register i holds W row 16·warp + lane/4 + 8·((i>>1)&1), token 8·(i>>2) + 2·(lane%4) + (i&1).
+    const int64_t n_lo = row0 + 64 * c + 16 * warp + (lane >> 2);
+    const int64_t m_lo = tok0 + 2 * (lane & 3);
+    float bias_v[2] = {0.0f, 0.0f};
+    if (bias) {
+      if (n_lo < N) bias_v[0] = bias[n_lo];
+      if (n_lo + 8 < N) bias_v[1] = bias[n_lo + 8];
+    }
+#pragma unroll
+    for (int i = 0; i < TN / 2; ++i) {
+      const int h = (i >> 1) & 1;
+      const int64_t n = n_lo + 8 * h, m = m_lo + 8 * (i >> 2) + (i & 1);
+      // Streaming stores: y is written once and must not push the activations out of L2.
+      if (n < N && m < M) __stcs(&y[m * N + n], bias ? __fadd_rn(acc[i], bias_v[h]) : acc[i]);
+    }
+  }
+}
+
+// ---- small M: the same chain on mma.sync ----
+// For M <= 32 the critical path is the chain of K/16 MMA steps of each element, and a wgmma
+// step has a long latency. mma.sync.m16n8k16 computes the same bits per element as wgmma
+// (bench_mma_bits: equal on adversarial data, K = 16 and 4096; bench_gemm's T1 compares these rows
+// with the M = 4096 wgmma run) with a much shorter latency, and 16-row warps give N/16
+// independent chains instead of N/64. Same TMA pipeline and swizzled tiles; each consumer warp
+// owns 16 W rows (mma's A, via ldmatrix) × TN tokens (TN/8 n8 tiles as B), one producer warp.
+template <int TN, int RW, int ST>
+struct SmallCfg {
+  static constexpr int kWarps = RW / 16;  // consumer warps
+  static constexpr int kWBytes = RW * kBK * 2, kXBytes = TN * kBK * 2;
+  static constexpr int kStageBytes = kWBytes + kXBytes;
+  static constexpr int kThreads = 32 * (kWarps + 1);
+  static constexpr size_t kSmem = size_t{ST} * kStageBytes + 1024 + 2 * ST * sizeof(uint64_t);
+  static_assert(kXBytes % 1024 == 0 && kWBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
+};
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// d += a · b for one m16n8k16 tile (row-major A = W rows, column-major B = tokens).
+__device__ __forceinline__ void mma_bf16(float* d, const uint32_t* a, const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <int TN, int RW, int ST>
+__global__ void __launch_bounds__(SmallCfg<TN, RW, ST>::kThreads)
+    gemm_small_kernel(const __grid_constant__ CUtensorMap tm_w,
+                      const __grid_constant__ CUtensorMap tm_x, int64_t M, int64_t N, int k_tiles,
+                      const float* __restrict__ bias, float* __restrict__ y) {
+  using C = SmallCfg<TN, RW, ST>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint64_t* full = reinterpret_cast<uint64_t*>(base + ST * C::kStageBytes);
+  uint64_t* empty = full + ST;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int tok0 = blockIdx.x * TN;
+  const int row0 = blockIdx.y * RW;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], C::kWarps);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (warp == C::kWarps) {  // producer
+    if (lane == 0) {
+      tma_prefetch_map(&tm_w);
+      tma_prefetch_map(&tm_x);
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        const int s = kt % ST;
+        if (kt >= ST) mbar_wait(&empty[s], ((kt / ST) - 1) & 1);
+        uint8_t* st = base + s * C::kStageBytes;
+        mbar_arrive_expect_tx(&full[s], C::kStageBytes);
+        tma_load_2d(st, &tm_w, kt * kBK, row0, &full[s]);
+        tma_load_2d(st + C::kWBytes, &tm_x, kt * kBK, tok0, &full[s]);
+      }
+    }
+    return;
+  }
+
+  float acc[TN / 8][4];
+#pragma unroll
+  for (int j = 0; j < TN / 8; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
+  // ldmatrix row addresses in the swizzled tiles (16-byte chunk c of row r at c ^ (r % 8)):
+  // A: lanes 0-15 rows 0-15 at K chunk 2k, lanes 16-31 the same rows at chunk 2k + 1;
+  // B: lane l gives token row l % 8 at chunk 2k + l / 8, i.e. two K steps per ldmatrix.
+  const int a_row = warp * 16 + (lane & 15), a_chunk = lane >> 4;
+  const int b_row = lane & 7, b_chunk = lane >> 3;
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int s = kt % ST;
+    mbar_wait(&full[s], (kt / ST) & 1);
+    const uint32_t wt = smem_addr(base + s * C::kStageBytes), xt = wt + C::kWBytes;
+#pragma unroll
+    for (int kp = 0; kp < kBK / 32; ++kp) {  // K steps 2kp and 2kp + 1 of this tile
+      uint32_t a[2][4], b[TN / 8][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        ldmatrix_x4(a[h], wt + a_row * 128 + (((4 * kp + 2 * h + a_chunk) ^ (a_row & 7)) << 4));
+#pragma unroll
+      for (int j = 0; j < TN / 8; ++j)
+        ldmatrix_x4(b[j], xt + (8 * j + b_row) * 128 + (((4 * kp + b_chunk) ^ b_row) << 4));
+#pragma unroll
+      for (int h = 0; h < 2; ++h)  // increasing K for every accumulator
+#pragma unroll
+        for (int j = 0; j < TN / 8; ++j) mma_bf16(acc[j], a[h], &b[j][2 * h]);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+
+  // acc[j][i]: W row 16·warp + lane/4 + 8·(i>>1), token 8j + 2·(lane%4) + (i&1).
+  const int64_t n_lo = row0 + 16 * warp + (lane >> 2);
+  const int64_t m_lo = tok0 + 2 * (lane & 3);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t n = n_lo + 8 * h;
+    if (n >= N) continue;
+    const float bv = bias ? bias[n] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < TN / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t m = m_lo + 8 * j + e;
+        if (m < M) __stcs(&y[m * N + n], bias ? __fadd_rn(acc[j][2 * h + e], bv) : acc[j][2 * h + e]);
+      }
+  }
+}
+
+__global__ void round_rows_kernel(const float* __restrict__ x, int64_t M, int64_t K, int64_t ld,
+                                  uint16_t* __restrict__ out) {
+  const int64_t total = M * ld;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t m = i / ld, k = i - m * ld;
+    out[i] = k < K ? __bfloat16_as_ushort(__float2bfloat16_rn(x[m * K + k])) : uint16_t{0};
+  }
+}
+
+// A 2-D bf16 tensor map: `inner` columns (contiguous), `rows` rows `stride` elements apart, boxes
+// of 64 columns × box_rows rows, 128-byte swizzle, zeros outside the tensor.
+CUtensorMap make_map(const uint16_t* p, int64_t inner, int64_t rows, int64_t stride, int box_rows,
+                     const char* what) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
+  const cuuint32_t box[2] = {kBK, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = cuTensorMapEncodeTiled(
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint16_t*>(p), dims, strides, box,
+      elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DETINFER_CHECK(r == CUDA_SUCCESS, "gemm_wgmma: cannot describe ", what, " for TMA (CUresult ",
+                 static_cast<int>(r), ")");
+  return map;
+}
+
+template <int TN, int WG, int ST>
+void launch(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, const float* bias,
+            float* y, cudaStream_t stream) {
+  using C = Cfg<TN, WG, ST>;
+  const CUtensorMap tm_w = make_map(w.w, w.Kp, w.Np, w.Kp, C::kRows, "the weight");
+  const CUtensorMap tm_x = make_map(x, w.K, M, ld_x, TN, "the activations");
+  auto kernel = gemm_wgmma_kernel<TN, WG, ST>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(C::kSmem)),
+        "gemm_wgmma shared memory");
+  int dev = 0, sms = 0, per_sm = 0;
+  check(cudaGetDevice(&dev), "gemm_wgmma device");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "gemm_wgmma SMs");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, C::kThreads, C::kSmem),
+        "gemm_wgmma occupancy");
+  const int64_t tok_tiles = (M + TN - 1) / TN, tiles = tok_tiles * (w.Np / C::kRows);
+  DETINFER_CHECK(tiles < (int64_t{1} << 31), "gemm_wgmma: ", tiles, " tiles is too many");
+  const int grid = static_cast<int>(std::min<int64_t>(tiles, int64_t{std::max(per_sm, 1)} * sms));
+  const int k_tiles = static_cast<int>((w.Kp + kBK - 1) / kBK);
+  kernel<<<grid, C::kThreads, C::kSmem, stream>>>(tm_w, tm_x, M, w.N, k_tiles,
+                                                  static_cast<int>(tok_tiles),
+                                                  static_cast<int>(tiles), bias, y);
+  check(cudaGetLastError(), "gemm_wgmma launch");
+}
+
+template <int TN, int RW, int ST>
+void launch_small(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
+                  const float* bias, float* y, cudaStream_t stream) {
+  using C = SmallCfg<TN, RW, ST>;
+  const CUtensorMap tm_w = make_map(w.w, w.Kp, w.Np, w.Kp, RW, "the weight");
+  const CUtensorMap tm_x = make_map(x, w.K, M, ld_x, TN, "the activations");
+  auto kernel = gemm_small_kernel<TN, RW, ST>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(C::kSmem)),
+        "gemm_wgmma shared memory");
+  const dim3 grid(static_cast<unsigned>((M + TN - 1) / TN), static_cast<unsigned>(w.Np / RW));
+  const int k_tiles = static_cast<int>((w.Kp + kBK - 1) / kBK);
+  kernel<<<grid, C::kThreads, C::kSmem, stream>>>(tm_w, tm_x, M, w.N, k_tiles, bias, y);
+  check(cudaGetLastError(), "gemm_wgmma launch");
+}
+
+// Large tiles (128 W rows × 256 tokens) once they fill about one wave of a 132-SM H100/H200.
+bool big_tiles(int64_t M, const GemmWeight& w) { return (w.Np / 128) * ((M + 255) / 256) >= 100; }
+
+}  // namespace
+
+int gemm_wgmma_tile_tokens(int64_t M, const GemmWeight& w) {
+  if (M <= 8) return 8;
+  if (M <= 32) return 32;
+  if (M <= 64) return 64;
+  return big_tiles(M, w) ? 256 : 128;
+}
+
+void round_rows_to_bf16(const float* x, int64_t M, int64_t K, int64_t ld_out, uint16_t* out,
+                        cudaStream_t stream) {
+  if (M <= 0) return;
+  DETINFER_CHECK(K >= 0 && ld_out >= K, "round_rows_to_bf16: ld_out ", ld_out, " < K ", K);
+  const int64_t total = M * ld_out;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65536));
+  round_rows_kernel<<<blocks, 256, 0, stream>>>(x, M, K, ld_out, out);
+  check(cudaGetLastError(), "round_rows_to_bf16 launch");
+}
+
+void gemm_wgmma(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, const float* bias,
+                float* y, cudaStream_t stream, int tile_tokens) {
+  if (M <= 0 || w.N <= 0) return;
+  DETINFER_CHECK(w.Np % 128 == 0 && w.Kp % 32 == 0 && w.Np >= w.N && w.Kp >= w.K && w.K > 0,
+                 "gemm_wgmma: weight padding ", w.Np, "x", w.Kp, " does not fit the tile shape");
+  DETINFER_CHECK(ld_x % 8 == 0 && ld_x >= w.K, "gemm_wgmma: activation row stride ", ld_x,
+                 " must be a multiple of 8 and >= K = ", w.K);
+  DETINFER_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w.w) % 16 == 0,
+                 "gemm_wgmma: operands must be 16-byte aligned");
+  DETINFER_CHECK(M < (int64_t{1} << 31) - 256 && w.Np / 64 <= 65535,
+                 "gemm_wgmma: M = ", M, ", Np = ", w.Np, " is more than one launch takes");
+  // TUNING (temporary): 1008 -> small<8,16,24>, 1064 -> small<8,64,12>, 1032 -> small<32,64,8>
+  if (tile_tokens == 1008) return launch_small<8, 16, 24>(x, ld_x, M, w, bias, y, stream);
+  if (tile_tokens == 1064) return launch_small<8, 64, 12>(x, ld_x, M, w, bias, y, stream);
+  if (tile_tokens == 1032) return launch_small<32, 64, 8>(x, ld_x, M, w, bias, y, stream);
+  DETINFER_CHECK(tile_tokens == 0 || tile_tokens == 8 || tile_tokens == 32 || tile_tokens == 64 ||
+                     tile_tokens == 128 || tile_tokens == 256,
+                 "gemm_wgmma: no kernel with a tile of ", tile_tokens, " tokens");
+  switch (tile_tokens ? tile_tokens : gemm_wgmma_tile_tokens(M, w)) {
+    case 8: return launch_small<8, 32, 16>(x, ld_x, M, w, bias, y, stream);
+    case 32: return launch_small<32, 32, 12>(x, ld_x, M, w, bias, y, stream);
+    case 64: return launch<64, 1, 10>(x, ld_x, M, w, bias, y, stream);
+    case 128: return launch<128, 1, 4>(x, ld_x, M, w, bias, y, stream);
+    default: return launch<256, 2, 4>(x, ld_x, M, w, bias, y, stream);
+  }
+}
+
+}  // namespace detinfer::cuda

@@ -6,6 +6,7 @@
 //   (c) wgmma m64nNk16 with x as A and W as B, N = 8, 256,
 // on adversarial data, and prints per pair of variants how many of the 65536 elements differ in
 // their bits, plus each variant's max error against fp64 relative to sum |x*w|.
+// Then the latency of one step of a dependent MMA chain for each instruction (clock64).
 // Exit status 0 whatever the answer (it is an experiment, not a test).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -94,6 +95,75 @@ __global__ void wgmma_kernel(const uint16_t* x, const uint16_t* w, int K, float*
     const int bc = b0 + 8 * (i >> 2) + 2 * (lane & 3) + (i & 1);
     out[w_is_a ? bc * R + ar : ar * R + bc] = d[i];
   }
+}
+
+// Latency of one step of a dependent chain (the same accumulator through `steps` MMAs), in SM
+// clock cycles: the floor of a GEMM whose every element is one chain of K/16 steps.
+__global__ void chain_mma_sync(int steps, float* sink, long long* cycles) {
+  const uint32_t a[4] = {0x3F803F80u, 0x3F803F80u, 0x3F803F80u, 0x3F803F80u}, b[2] = {0, 0};
+  float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const long long t0 = clock64();
+  for (int i = 0; i < steps; ++i)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  const long long t1 = clock64();
+  sink[threadIdx.x] = d[0] + d[1] + d[2] + d[3];
+  if (threadIdx.x == 0) *cycles = t1 - t0;
+}
+template <int N>
+__global__ void chain_wgmma(int steps, float* sink, long long* cycles) {
+  __shared__ __align__(1024) uint8_t a_tile[64 * 128];
+  __shared__ __align__(1024) uint8_t b_tile[N * 128];
+  for (int i = threadIdx.x; i < 64 * 32; i += blockDim.x) reinterpret_cast<uint32_t*>(a_tile)[i] = 0;
+  for (int i = threadIdx.x; i < N * 32; i += blockDim.x) reinterpret_cast<uint32_t*>(b_tile)[i] = 0;
+  fence_proxy_async_smem();
+  __syncthreads();
+  float d[N / 2];
+  for (int i = 0; i < N / 2; ++i) d[i] = 0.0f;
+  const uint64_t da = desc_sw128(a_tile), db = desc_sw128(b_tile);
+  wgmma_fence();
+  const long long t0 = clock64();
+  for (int i = 0; i < steps; ++i) wgmma_bf16<N>(d, da, db);
+  wgmma_commit();
+  wgmma_wait<0>();
+  const long long t1 = clock64();
+  float s = 0;
+  for (int i = 0; i < N / 2; ++i) s += d[i];
+  sink[threadIdx.x] = s;
+  if (threadIdx.x == 0) *cycles = t1 - t0;
+}
+
+void chain_latencies() {
+  float* sink;
+  long long* cyc;
+  ck(cudaMalloc(&sink, 1024 * 4), "malloc");
+  ck(cudaMalloc(&cyc, 8), "malloc");
+  const int steps = 4096;
+  auto report = [&](const char* what) {
+    ck(cudaGetLastError(), what);
+    long long c = 0;
+    ck(cudaMemcpy(&c, cyc, 8, cudaMemcpyDeviceToHost), "copy");
+    std::printf("  %-20s %6.1f cycles per dependent step\n", what, double(c) / steps);
+  };
+  std::printf("\nchain latency (one warp / warpgroup alone on the GPU, %d dependent steps):\n", steps);
+  for (int rep = 0; rep < 2; ++rep) {  // the first round warms up
+    chain_mma_sync<<<1, 32>>>(steps, sink, cyc);
+    if (rep) report("mma.sync m16n8k16");
+    chain_wgmma<8><<<1, 128>>>(steps, sink, cyc);
+    if (rep) report("wgmma m64n8k16");
+    chain_wgmma<64><<<1, 128>>>(steps, sink, cyc);
+    if (rep) report("wgmma m64n64k16");
+    chain_wgmma<256><<<1, 128>>>(steps, sink, cyc);
+    if (rep) report("wgmma m64n256k16");
+  }
+  int clk = 0;
+  ck(cudaDeviceGetAttribute(&clk, cudaDevAttrClockRate, 0), "clock");
+  std::printf("  (SM clock up to %.0f MHz)\n", clk / 1000.0);
+  cudaFree(sink);
+  cudaFree(cyc);
 }
 
 uint16_t bf16_bits(float f) {  // round to nearest even
@@ -213,5 +283,6 @@ int main() {
         }
     }
   }
+  chain_latencies();
   return 0;
 }

@@ -76,6 +76,8 @@ __global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
     if (threadIdx.x == 0) {
       tma_prefetch_map(&tm_w);
       tma_prefetch_map(&tm_x);
+      // The activations are read again by every W tile: keep them in L2 over the streamed W and y.
+      const uint64_t keep = l2_evict_last();
       int it = 0;  // stages used so far, over all tiles of this CTA
       for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         const int tok0 = (t % tok_tiles) * TN, row0 = (t / tok_tiles) * C::kRows;
@@ -85,7 +87,7 @@ __global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
           uint8_t* st = base + s * C::kStageBytes;
           mbar_arrive_expect_tx(&full[s], C::kStageBytes);
           tma_load_2d(st, &tm_w, kt * kBK, row0, &full[s]);
-          tma_load_2d(st + C::kWBytes, &tm_x, kt * kBK, tok0, &full[s]);
+          tma_load_2d_hint(st + C::kWBytes, &tm_x, kt * kBK, tok0, &full[s], keep);
         }
       }
     }
@@ -213,29 +215,47 @@ __global__ void __launch_bounds__(SmallCfg<TN, RW, ST>::kThreads)
     for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
   // ldmatrix row addresses in the swizzled tiles (16-byte chunk c of row r at c ^ (r % 8)):
   // A: lanes 0-15 rows 0-15 at K chunk 2k, lanes 16-31 the same rows at chunk 2k + 1;
-  // B: lane l gives token row l % 8 at chunk 2k + l / 8, i.e. two K steps per ldmatrix.
+  // B: lane l gives token row l % 8 at chunk 4p + l / 8, i.e. K steps 2p and 2p + 1.
   const int a_row = warp * 16 + (lane & 15), a_chunk = lane >> 4;
   const int b_row = lane & 7, b_chunk = lane >> 3;
-  for (int kt = 0; kt < k_tiles; ++kt) {
-    const int s = kt % ST;
-    mbar_wait(&full[s], (kt / ST) & 1);
+  struct Frags {
+    uint32_t a[kBK / 16][4];          // per K step
+    uint32_t b[TN / 8][kBK / 32][4];  // per n8 tile, per pair of K steps
+  };
+  // Waits for stage `it`, moves this warp's fragments into registers, hands the stage back.
+  auto load = [&](Frags& f, int it) {
+    const int s = it % ST;
+    mbar_wait(&full[s], (it / ST) & 1);
     const uint32_t wt = smem_addr(base + s * C::kStageBytes), xt = wt + C::kWBytes;
 #pragma unroll
-    for (int kp = 0; kp < kBK / 32; ++kp) {  // K steps 2kp and 2kp + 1 of this tile
-      uint32_t a[2][4], b[TN / 8][4];
+    for (int k = 0; k < kBK / 16; ++k)
+      ldmatrix_x4(f.a[k], wt + a_row * 128 + (((2 * k + a_chunk) ^ (a_row & 7)) << 4));
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        ldmatrix_x4(a[h], wt + a_row * 128 + (((4 * kp + 2 * h + a_chunk) ^ (a_row & 7)) << 4));
+    for (int j = 0; j < TN / 8; ++j)
 #pragma unroll
-      for (int j = 0; j < TN / 8; ++j)
-        ldmatrix_x4(b[j], xt + (8 * j + b_row) * 128 + (((4 * kp + b_chunk) ^ b_row) << 4));
-#pragma unroll
-      for (int h = 0; h < 2; ++h)  // increasing K for every accumulator
-#pragma unroll
-        for (int j = 0; j < TN / 8; ++j) mma_bf16(acc[j], a[h], &b[j][2 * h]);
-    }
+      for (int p = 0; p < kBK / 32; ++p)
+        ldmatrix_x4(f.b[j][p], xt + (8 * j + b_row) * 128 + (((4 * p + b_chunk) ^ b_row) << 4));
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
+  };
+  // The K steps of one stage, in increasing K for every accumulator.
+  auto mma_stage = [&](const Frags& f) {
+#pragma unroll
+    for (int k = 0; k < kBK / 16; ++k)
+#pragma unroll
+      for (int j = 0; j < TN / 8; ++j) mma_bf16(acc[j], f.a[k], &f.b[j][k >> 1][2 * (k & 1)]);
+  };
+  // Software pipeline over stages: the next stage's fragments load while this one's MMAs run,
+  // so the chain of dependent MMAs is the critical path.
+  Frags f0, f1;
+  load(f0, 0);
+  for (int kt = 0; kt < k_tiles; kt += 2) {
+    if (kt + 1 < k_tiles) load(f1, kt + 1);
+    mma_stage(f0);
+    if (kt + 1 < k_tiles) {
+      if (kt + 2 < k_tiles) load(f0, kt + 2);
+      mma_stage(f1);
+    }
   }
 
   // acc[j][i]: W row 16·warp + lane/4 + 8·(i>>1), token 8j + 2·(lane%4) + (i&1).
@@ -358,10 +378,6 @@ void gemm_wgmma(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
                  "gemm_wgmma: operands must be 16-byte aligned");
   DETINFER_CHECK(M < (int64_t{1} << 31) - 256 && w.Np / 64 <= 65535,
                  "gemm_wgmma: M = ", M, ", Np = ", w.Np, " is more than one launch takes");
-  // TUNING (temporary): 1008 -> small<8,16,24>, 1064 -> small<8,64,12>, 1032 -> small<32,64,8>
-  if (tile_tokens == 1008) return launch_small<8, 16, 24>(x, ld_x, M, w, bias, y, stream);
-  if (tile_tokens == 1064) return launch_small<8, 64, 12>(x, ld_x, M, w, bias, y, stream);
-  if (tile_tokens == 1032) return launch_small<32, 64, 8>(x, ld_x, M, w, bias, y, stream);
   DETINFER_CHECK(tile_tokens == 0 || tile_tokens == 8 || tile_tokens == 32 || tile_tokens == 64 ||
                      tile_tokens == 128 || tile_tokens == 256,
                  "gemm_wgmma: no kernel with a tile of ", tile_tokens, " tokens");

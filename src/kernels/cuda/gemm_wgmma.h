@@ -22,7 +22,7 @@ void round_rows_to_bf16(const float* x, int64_t M, int64_t K, int64_t ld_out, ui
 // W: w.Np a multiple of 128, w.Kp a multiple of 32 (launch.h's padding), w.w 16-byte aligned.
 // Every M gives each row the same bits (see gemm_wgmma.cu). tile_tokens picks the kernel by its
 // tile width over tokens (8, 32: mma.sync; 64, 128, 256: wgmma) for benchmarks and tests; 0 (the
-// default) lets M decide. Every choice gives the same bits.
+// default) lets M decide. Every choice gives the same bits (bench_gemm runs all five on one window).
 void gemm_wgmma(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, const float* bias,
                 float* y, cudaStream_t stream, int tile_tokens = 0);
 

@@ -517,24 +517,22 @@ void CudaOps::matmul(const float* x, int64_t M, const TensorView& w, const Tenso
   const float* b = bias ? s.vector(*bias, g.N, "matmul bias") : nullptr;
   if (M <= 0) return;
   if (s.deterministic && !s.hopper) return cuda::gemm_bf16(x, M, g, b, y, s.stream);
-  // x rounded to bf16 once (round to nearest even, as every kernel here), zero-padded to Kp.
-  const int64_t ld = s.deterministic ? g.Kp : g.K;
+  // x rounded to bf16 once (round to nearest even, as every kernel here), zero-padded to Kp:
+  // the input of both the wgmma GEMM and cuBLAS.
+  const int64_t ld = g.Kp;
   const int64_t need = M * ld * static_cast<int64_t>(sizeof(uint16_t));
   if (s.x_bf16.bytes() < need) {
     s.sync();
     s.x_bf16.allocate(std::max(need, 2 * s.x_bf16.bytes()), "matmul input (bf16)");
   }
-  if (s.deterministic) {
-    cuda::round_rows_to_bf16(x, M, g.K, ld, s.x_bf16.as<uint16_t>(), s.stream);
-    return cuda::gemm_wgmma(s.x_bf16.as<uint16_t>(), ld, M, g, b, y, s.stream);
-  }
+  cuda::round_rows_to_bf16(x, M, g.K, ld, s.x_bf16.as<uint16_t>(), s.stream);
+  if (s.deterministic) return cuda::gemm_wgmma(s.x_bf16.as<uint16_t>(), ld, M, g, b, y, s.stream);
   // Off: cuBLAS with its heuristics. Row-major y[M, N] = x[M, K]·Wᵀ is column-major
-  // yᵀ[N, M] = W[N, K]ᵀᵀ·xᵀ: op T on W (ld Kp), op N on x (ld K), fp32 output and compute.
-  cuda::round_to_bf16(x, M * g.K, s.x_bf16.as<uint16_t>(), s.stream);
+  // yᵀ[N, M] = W[N, K]ᵀᵀ·xᵀ: op T on W, op N on x (both ld Kp), fp32 output and compute.
   const float one = 1.0f, zero = 0.0f;
   const cublasStatus_t st = cublasGemmEx(
       s.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.N), static_cast<int>(M), static_cast<int>(g.K), &one,
-      g.w, CUDA_R_16BF, static_cast<int>(g.Kp), s.x_bf16.as<void>(), CUDA_R_16BF, static_cast<int>(g.K), &zero, y,
+      g.w, CUDA_R_16BF, static_cast<int>(g.Kp), s.x_bf16.as<void>(), CUDA_R_16BF, static_cast<int>(ld), &zero, y,
       CUDA_R_32F, static_cast<int>(g.N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   DETINFER_CHECK(st == CUBLAS_STATUS_SUCCESS, "cuBLAS GEMM (", M, "x", g.N, "x", g.K, ") failed: status ",
                  static_cast<int>(st));

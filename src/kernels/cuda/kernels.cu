@@ -2,7 +2,6 @@
 // block / warp for reductions) in a fixed order that depends only on the reduced length:
 // never on the number of rows, the batch, the grid size or timing. No floating-point atomics.
 // Every floating-point operation is an explicit correctly rounded intrinsic.
-#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cmath>
@@ -92,12 +91,6 @@ __global__ void add_kernel(float* y, const float* __restrict__ x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     y[i] = __fadd_rn(y[i], x[i]);
-}
-
-__global__ void round_bf16_kernel(const float* __restrict__ x, int64_t n, __nv_bfloat16* __restrict__ out) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = __float2bfloat16_rn(x[i]);
 }
 
 __global__ void add_bias_kernel(float* y, int64_t rows, int64_t N, const float* __restrict__ bias) {
@@ -304,12 +297,6 @@ void add(float* y, const float* x, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   add_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(y, x, n);
   check(cudaGetLastError(), "add launch");
-}
-
-void round_to_bf16(const float* x, int64_t n, uint16_t* out, cudaStream_t stream) {
-  if (n <= 0) return;
-  round_bf16_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(x, n, reinterpret_cast<__nv_bfloat16*>(out));
-  check(cudaGetLastError(), "round_to_bf16 launch");
 }
 
 void add_bias(float* y, int64_t rows, int64_t N, const float* bias, cudaStream_t stream) {

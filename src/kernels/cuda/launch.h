@@ -46,9 +46,7 @@ void rope(float* x, int64_t T, int n_heads, int head_dim, const int32_t* pos, co
 void swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
 void add(float* y, const float* x, int64_t n, cudaStream_t stream);
 void exp_n(const float* x, int64_t n, float* y, cudaStream_t stream);
-// `--determinism off` only (the cuBLAS path): out[i] = bf16(x[i]) (round to nearest even), and
-// y[r, n] += bias[n].
-void round_to_bf16(const float* x, int64_t n, uint16_t* out, cudaStream_t stream);
+// `--determinism off` only (the cuBLAS path): y[r, n] += bias[n].
 void add_bias(float* y, int64_t rows, int64_t N, const float* bias, cudaStream_t stream);
 // x[t, :] = dequantized row tokens[t] of a table stored as `dtype` rows of row_bytes bytes.
 void embed(const uint8_t* table, DType dtype, int64_t row_bytes, int64_t D, const int32_t* tokens,

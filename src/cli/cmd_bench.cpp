@@ -41,8 +41,26 @@ std::string gpu_line(Ops& ops, double* used_mib) {
   return cat(CudaOps::device_name(c->device()), ", ", total_b >> 20, " MiB, determinism ",
              c->deterministic() ? "on" : "off (cuBLAS)");
 }
+// The batch-1 decode roofline: bytes read per token (the GEMM weights as stored on the GPU, bf16)
+// over the GPU's measured copy bandwidth (bytes read + written per second). 0 on the CPU.
+struct Roofline {
+  double copy_gbs = 0, weight_gb = 0, tok_s = 0;
+};
+Roofline gpu_roofline(Ops& ops) {
+  auto* c = dynamic_cast<CudaOps*>(&ops);
+  if (!c) return {};
+  Roofline r;
+  r.copy_gbs = c->copy_bandwidth() / 1e9;
+  r.weight_gb = static_cast<double>(c->weight_bytes()) / 1e9;
+  r.tok_s = r.weight_gb > 0 ? r.copy_gbs / r.weight_gb : 0;
+  return r;
+}
 #else
 std::string gpu_line(Ops&, double*) { return ""; }
+struct Roofline {
+  double copy_gbs = 0, weight_gb = 0, tok_s = 0;
+};
+Roofline gpu_roofline(Ops&) { return {}; }
 #endif
 
 double peak_rss_mib() {
@@ -84,6 +102,11 @@ void bench(const BenchCli& o) {
     Engine engine(m.config, m.weights, nullptr, *ops, e);
     engine.generate(random_requests(1, 8, 2, m.config.vocab_size, rng));
   }
+  const Roofline roof = gpu_roofline(*ops);
+  if (roof.tok_s > 0)
+    std::printf("roofline: %.2f GB of weights read per token at batch 1, copy bandwidth %.0f GB/s "
+                "(read + write, measured now) -> at most %.1f tok/s\n",
+                roof.weight_gb, roof.copy_gbs, roof.tok_s);
   std::printf("%6s %14s %14s %12s %10s %12s %12s\n", "batch", "prefill tok/s", "decode tok/s", "ms/step",
               "wall s", gpu.empty() ? "peak MiB" : "GPU MiB", "weights+KV");
   nlohmann::json rows = nlohmann::json::array();
@@ -107,8 +130,11 @@ void bench(const BenchCli& o) {
       double mem = peak_rss_mib();
       gpu_line(*ops, &mem);
       const double need_mib = (m.weight_bytes() + engine.kv_bytes()) / 1048576.0;
+      std::string note = gen <= 1 ? "  (one prompt, one step)" : "";
+      if (b == 1 && gen > 1 && roof.tok_s > 0)
+        note = cat("  (", static_cast<int>(100.0 * dc / roof.tok_s + 0.5), "% of the roofline)");
       std::printf("%6d %14.1f %14.1f %12.3f %10.2f %12.1f %12.1f%s\n", b, pf, dc, ms_step, wall, mem, need_mib,
-                  gen <= 1 ? "  (one prompt, one step)" : "");
+                  note.c_str());
       std::fflush(stdout);
       rows.push_back({{"batch", b}, {"prompt_len", prompt_len}, {"gen", gen}, {"prefill_tok_s", pf},
                       {"decode_tok_s", dc}, {"decode_ms_per_step", ms_step}, {"wall_s", wall},
@@ -131,6 +157,9 @@ void bench(const BenchCli& o) {
     nlohmann::json j = {{"model", m.path},   {"threads", threads}, {"prompt_len", o.prompt_len},
                         {"gen", o.gen},      {"device", device},   {"gpu", gpu},
                         {"determinism", o.model.determinism},      {"results", rows}};
+    if (roof.tok_s > 0)
+      j["roofline"] = {{"copy_gb_s", roof.copy_gbs}, {"weight_gb_per_token", roof.weight_gb},
+                       {"batch1_tok_s", roof.tok_s}};
     std::ofstream(o.json_path) << j.dump(2) << "\n";
     DETINFER_CHECK(std::ifstream(o.json_path).good(), o.json_path, ": cannot write");
   }

@@ -7,7 +7,7 @@
 
 namespace detinfer {
 
-// Runs the batch through the model and writes log-its of batch.logit_tokens to logits_host
+// Runs the batch through the model and writes the logits of batch.logit_tokens to logits_host
 // ([logit_tokens.size(), vocab], host memory).
 void llama_forward(Ops& ops, const ModelConfig& c, const ModelWeights& w, const StepBatch& batch,
                    float* logits_host);

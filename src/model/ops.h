@@ -48,6 +48,12 @@ class Ops {
   virtual void embed(const TensorView& table, float* x) = 0;  // x[T, d_model] for the step's tokens
   virtual void matmul(const float* x, int64_t M, const TensorView& w, const TensorView* bias,
                       float* y) = 0;
+  // ys[i] = x · ws[i]ᵀ (+ *biases[i] where not null) for n weights of one input (q/k/v,
+  // gate/up): the bits of n matmul() calls; a backend may run them as one GEMM.
+  virtual void matmul_n(const float* x, int64_t M, int n, const TensorView* const* ws,
+                        const TensorView* const* biases, float* const* ys) {
+    for (int i = 0; i < n; ++i) matmul(x, M, *ws[i], biases[i], ys[i]);
+  }
   virtual void rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,
                        float* y) = 0;
   virtual void rope(float* x, int n_heads) = 0;  // x[T, n_heads, head_dim] at the step's positions
@@ -56,10 +62,35 @@ class Ops {
                          float* out) = 0;
   virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
   virtual void add(float* y, const float* x, int64_t n) = 0;
+  // x += r, then y = rmsnorm(x) (rows of D): the bits of add() then rmsnorm(); a backend may fuse
+  // them into one pass.
+  virtual void add_rmsnorm(float* x, const float* r, int64_t rows, int64_t D, const TensorView& w,
+                           float eps, float* y) {
+    add(x, r, rows * D);
+    rmsnorm(x, rows, D, w, eps, y);
+  }
   // out[i] = x[logit_tokens[i]] for rows of D floats.
   virtual void gather_logit_rows(const float* x, int64_t D, float* out) = 0;
   // Copies n floats to host memory (a no-op copy on the CPU).
   virtual void to_host(const float* src, int64_t n, float* dst) = 0;
+
+  // Host memory for what the caller copies back (logits): n floats, valid until the next call.
+  // A backend whose copies are faster into special memory (pinned, on CUDA) overrides it.
+  virtual float* host_buffer(int64_t n) {
+    if (static_cast<int64_t>(host_.size()) < n) host_.resize(static_cast<size_t>(n));
+    return host_.data();
+  }
+
+  // Step replay (CUDA graphs). Called right after begin_step(): true when the backend has
+  // already issued the whole forward pass of this step (a recording of an earlier step of the
+  // same shape, over the same buffers), so the caller goes straight to reading the outputs.
+  // Otherwise the caller issues the ops as usual and calls end_forward() after the last one
+  // (before to_host). The same bits either way (promise I7).
+  virtual bool replay_forward() { return false; }
+  virtual void end_forward() {}
+
+ private:
+  std::vector<float> host_;
 };
 
 }  // namespace detinfer

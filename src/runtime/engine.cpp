@@ -267,9 +267,11 @@ bool Engine::step() {
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  logits_.resize(b.logit_tokens.size() * static_cast<size_t>(config_.vocab_size));
-  llama_forward(ops_, config_, weights_, b, logits_.data());
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // The backend's host buffer: pinned memory on a GPU, where copies into it are fastest.
+  float* logits = ops_.host_buffer(static_cast<int64_t>(b.logit_tokens.size()) * config_.vocab_size);
+  llama_forward(ops_, config_, weights_, b, logits);
+  const auto t1 = std::chrono::steady_clock::now();
+  const double secs = std::chrono::duration<double>(t1 - t0).count();
   ++stats_.steps;
   stats_.prefill_tokens += prefill_tokens;
   stats_.decode_tokens += b.n_tokens() - prefill_tokens;
@@ -287,12 +289,14 @@ bool Engine::step() {
     size_t row = part.first_logit;
     if (s.req->request.prompt_logprobs) {
       for (int64_t p = part.begin; p < part.end && p + 1 < s.n_prompt; ++p, ++row) {
-        cpu::log_softmax(logits_.data() + row * V, V, logprob_row_.data());
+        cpu::log_softmax(logits + row * V, V, logprob_row_.data());
         s.req->result.prompt_logprobs[p + 1] = logprob_row_[s.tokens[p + 1]];
       }
     }
-    if (part.end == static_cast<int64_t>(s.tokens.size())) on_logits(s, logits_.data() + row * V);
+    if (part.end == static_cast<int64_t>(s.tokens.size())) on_logits(s, logits + row * V);
   }
+  stats_.sample_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   return true;
 }
 

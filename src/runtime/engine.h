@@ -80,7 +80,8 @@ class Engine {
   int64_t kv_bytes() const;
   struct Stats {
     int64_t steps = 0, prefill_tokens = 0, decode_tokens = 0;
-    double prefill_seconds = 0, decode_seconds = 0;  // steps with/without prefill tokens
+    double prefill_seconds = 0, decode_seconds = 0;  // forward passes of steps with/without prefill tokens
+    double sample_seconds = 0;  // after the forward passes: sampling, logprobs, stop checks
   };
   const Stats& stats() const { return stats_; }
 
@@ -102,7 +103,6 @@ class Engine {
   std::vector<std::unique_ptr<Req>> requests_;
   std::vector<Seq*> waiting_, running_;
   Stats stats_;
-  std::vector<float> logits_;
   std::vector<float> logprob_row_;
   StepBatch batch_;
 };

@@ -227,6 +227,86 @@ TEST(CudaOpsGemmKernels, HopperAndPortableKernelsGiveTheSameBits) {
   }
 }
 
+// ---- fused forms: the bits of the separate ops ---------------------------------------------------
+
+// matmul_n (one GEMM over stacked weights, then a split) against one matmul per weight; with and
+// without biases; on this GPU's kernel and on the portable one.
+TEST(CudaOpsFusion, StackedMatmulEqualsSeparateMatmuls) {
+  CUDA_OPS_REQUIRE_GPU();
+  for (const char* kernel : {"", "mma"}) {
+    if (*kernel) setenv("DETINFER_GEMM", kernel, 1);
+    CudaOps ops(0);
+    unsetenv("DETINFER_GEMM");
+    const int64_t K = 576;
+    const int64_t Ns[3] = {576, 192, 200};
+    std::vector<std::unique_ptr<HostTensor>> w, b;
+    for (int i = 0; i < 3; ++i) {
+      w.push_back(make_tensor(i == 2 ? DType::Q8_0 : DType::BF16, Ns[i], K, 300 + i));
+      b.push_back(make_vector(random_normal(Ns[i], 400 + i, 0.5f), "bias"));
+    }
+    constexpr int64_t kMaxM = 300;
+    DeviceArray dx(ops, 0, kMaxM * K);
+    dx.upload(random_normal(kMaxM * K, 9));
+    std::vector<DeviceArray> stacked, separate;
+    for (int i = 0; i < 3; ++i) {
+      stacked.emplace_back(ops, 1 + i, kMaxM * Ns[i]);
+      separate.emplace_back(ops, 4 + i, kMaxM * Ns[i]);
+    }
+    for (bool bias : {false, true}) {
+      const TensorView* ws[3] = {&w[0]->view, &w[1]->view, &w[2]->view};
+      const TensorView* bs[3] = {bias ? &b[0]->view : nullptr, bias ? &b[1]->view : nullptr,
+                                 bias ? &b[2]->view : nullptr};
+      for (int64_t M : {1, 5, 64, 100, 300}) {
+        float* ys[3] = {stacked[0].ptr, stacked[1].ptr, stacked[2].ptr};
+        for (int i = 0; i < 3; ++i) stacked[i].poison(), separate[i].poison();
+        ops.matmul_n(dx.ptr, M, 3, ws, bs, ys);
+        for (int i = 0; i < 3; ++i) ops.matmul(dx.ptr, M, *ws[i], bs[i], separate[i].ptr);
+        for (int i = 0; i < 3; ++i) {
+          const std::vector<float> a = stacked[i].download(M * Ns[i]), c = separate[i].download(M * Ns[i]);
+          EXPECT_EQ(first_bit_difference(a.data(), c.data(), M * Ns[i]), -1)
+              << "kernel '" << kernel << "' part " << i << " M=" << M << " bias " << bias;
+        }
+      }
+    }
+  }
+}
+
+// add_rmsnorm against add then rmsnorm; and a GEMM fed by the norm's bf16 copy against the same
+// GEMM on a fresh copy of the norm's output (which rounds it itself).
+TEST(CudaOpsFusion, AddRmsnormAndItsBf16CopyGiveTheSeparateBits) {
+  CUDA_OPS_REQUIRE_GPU();
+  ModelConfig c;
+  c.n_layers = 1, c.d_model = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.d_ff = 1536;
+  c.vocab_size = 100, c.max_context = 256;
+  c.rope.rotary_dim = 64;
+  KvCacheShape kv;
+  kv.n_layers = 1, kv.num_blocks = 4, kv.block_size = 16, kv.n_kv_heads = 3, kv.head_dim = 64;
+  CudaOps ops(0);
+  ops.init(c, kv);
+  const int64_t D = c.d_model;
+  auto norm = make_vector(random_normal(D, 3, 0.2f), "norm");
+  auto w = make_tensor(DType::BF16, 700, D, 5);
+  for (int64_t rows : {1, 7, 130}) {
+    const std::vector<float> x = random_normal(rows * D, 10 + rows, 3.0f);
+    const std::vector<float> r = random_normal(rows * D, 20 + rows, 1.0f);
+    DeviceArray x1(ops, 0, rows * D), r1(ops, 1, rows * D), x2(ops, 2, rows * D), r2(ops, 3, rows * D);
+    DeviceArray copy(ops, 4, rows * D), g1(ops, 5, rows * 700), g2(ops, 6, rows * 700);
+    x1.upload(x), r1.upload(r), x2.upload(x), r2.upload(r);
+    ops.add_rmsnorm(x1.ptr, r1.ptr, rows, D, norm->view, 1e-5f, r1.ptr);  // in place, as the model
+    ops.matmul(r1.ptr, rows, w->view, nullptr, g1.ptr);                   // from the bf16 copy
+    ops.add(x2.ptr, r2.ptr, rows * D);
+    ops.rmsnorm(x2.ptr, rows, D, norm->view, 1e-5f, r2.ptr);
+    copy.upload(r2.download(rows * D));
+    ops.matmul(copy.ptr, rows, w->view, nullptr, g2.ptr);  // rounds its input itself
+    const std::vector<float> a = x1.download(rows * D), b = x2.download(rows * D);
+    EXPECT_EQ(first_bit_difference(a.data(), b.data(), rows * D), -1) << "residual, rows " << rows;
+    const std::vector<float> na = r1.download(rows * D), nb = r2.download(rows * D);
+    EXPECT_EQ(first_bit_difference(na.data(), nb.data(), rows * D), -1) << "norm, rows " << rows;
+    const std::vector<float> ga = g1.download(rows * 700), gb = g2.download(rows * 700);
+    EXPECT_EQ(first_bit_difference(ga.data(), gb.data(), rows * 700), -1) << "GEMM, rows " << rows;
+  }
+}
+
 // ---- rmsnorm -------------------------------------------------------------------------------------
 
 TEST(CudaOpsRmsnorm, MatchesFp64AndIsRowCountInvariant) {

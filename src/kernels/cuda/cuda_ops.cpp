@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <mutex>
@@ -126,6 +128,102 @@ struct CudaOps::Impl {
 
   std::vector<DeviceBuffer> scratch;
 
+  // bf16 copy of an activation, the input of the Hopper GEMM and of cuBLAS (x_bf16): while
+  // twin_valid it holds bf16(twin_src) for twin_rows rows of twin_K values, round_up(K, 32)
+  // apart. A norm or SwiGLU writes it beside its fp32 output, and the q/k/v (gate/up) GEMMs of
+  // one input share it, so most GEMMs skip their rounding pass. Any other op ends it.
+  bool twins = false;  // the GEMM path takes bf16 input (Hopper or cuBLAS)
+  const float* twin_src = nullptr;
+  int64_t twin_rows = 0, twin_K = 0;
+  bool twin_valid = false;
+  static int64_t twin_ld(int64_t K) { return round_up(K, cuda::kGemmBK); }
+  uint16_t* bf16_input(int64_t rows, int64_t K);  // x_bf16, grown to rows × twin_ld(K)
+  void forget_twin() { twin_valid = false; }
+  void set_twin(const float* src, int64_t rows, int64_t K) {
+    twin_src = src, twin_rows = rows, twin_K = K, twin_valid = true;
+  }
+
+  // CUDA graphs of whole forward passes (Ops::replay_forward): a step whose shape (tokens,
+  // logit rows) was seen before is recorded once and replayed after. Its kernels read the
+  // step's varying data (tokens, positions, block tables) from the metadata buffer, so a replay
+  // needs only the same buffers: `generation` counts every move of a buffer the kernels use,
+  // and a recording from an older generation is dropped. DETINFER_CUDA_GRAPHS=0 turns them off.
+  bool graphs = true;
+  static constexpr int64_t kGraphMaxTokens = 512;  // larger steps are launched op by op
+  static constexpr size_t kGraphMax = 64;          // recordings kept (all dropped beyond)
+  uint64_t generation = 0;
+  int64_t graph_replays = 0;
+  struct StepGraph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t generation = 0;
+  };
+  using GraphKey = std::pair<int64_t, int64_t>;
+  std::map<GraphKey, StepGraph> step_graphs;
+  std::map<GraphKey, int> shapes_seen;
+  bool capturing = false;
+  GraphKey capture_key{0, 0};
+  void drop_graphs() {
+    for (auto& [key, g] : step_graphs) cudaGraphExecDestroy(g.exec);
+    step_graphs.clear();
+  }
+  void abort_capture() {  // a forward pass that threw while being recorded
+    if (!capturing) return;
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(stream, &g);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    capturing = false;
+  }
+
+  // DETINFER_PROFILE=1: every op is timed with CUDA events (graphs off), the totals per op and
+  // shape are printed to stderr when the object is destroyed, with GB/s and TFLOP/s.
+  bool profile = false;
+  struct ProfRecord {
+    std::string key;
+    cudaEvent_t start, stop;
+    double bytes, flops;
+  };
+  struct ProfTotal {
+    int64_t calls = 0;
+    double ms = 0, bytes = 0, flops = 0;
+  };
+  std::vector<ProfRecord> prof_pending;
+  std::vector<cudaEvent_t> prof_free;
+  std::map<std::string, ProfTotal> prof_totals;
+  cudaEvent_t prof_event() {
+    if (!prof_free.empty()) {
+      cudaEvent_t e = prof_free.back();
+      prof_free.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    check(cudaEventCreate(&e), "profile event");
+    return e;
+  }
+  void prof_collect();  // after a synchronize: adds the finished records to the totals
+  void prof_print();
+  struct ProfScope {
+    Impl* s = nullptr;
+    size_t index = 0;
+    ProfScope() = default;
+    ProfScope(Impl* impl, std::string key, double bytes, double flops) : s(impl) {
+      ProfRecord r{std::move(key), s->prof_event(), s->prof_event(), bytes, flops};
+      check(cudaEventRecord(r.start, s->stream), "profile event");
+      index = s->prof_pending.size();
+      s->prof_pending.push_back(std::move(r));
+    }
+    ~ProfScope() {
+      if (s) cudaEventRecord(s->prof_pending[index].stop, s->stream);
+    }
+    ProfScope(const ProfScope&) = delete;
+    ProfScope& operator=(const ProfScope&) = delete;
+  };
+  // Unique K/V bytes the step's attention reads (all layers' shapes are equal: per layer).
+  double attn_kv_bytes = 0;
+
+  float* pinned_host = nullptr;  // host_buffer()
+  int64_t pinned_host_cap = 0;
+
   struct Matrix {
     Signature sig;
     DeviceBuffer data;
@@ -140,8 +238,16 @@ struct CudaOps::Impl {
     Signature sig;
     DeviceBuffer data;
   };
+  // Weights of one input (q/k/v, gate/up) stacked into one GEMM; the output is split after.
+  struct Stack {
+    std::vector<Signature> sigs;
+    DeviceBuffer data, bias;
+    cuda::GemmWeight view;
+    std::vector<int64_t> offsets, widths;
+  };
   // Uploads keyed by TensorView::data.
   std::unordered_map<const void*, Matrix> matrices;  // matmul weights, bf16 padded
+  std::map<std::vector<const void*>, Stack> stacks;    // keyed by the parts' data
   std::unordered_map<const void*, Raw> raw_tables;   // embedding tables, as stored
   std::unordered_map<const void*, Vector> vectors;   // norms and biases, fp32
 
@@ -152,6 +258,7 @@ struct CudaOps::Impl {
     if (it != map.end() && !it->second.sig.matches(t)) {
       sync();  // queued kernels may still read the old upload
       map.erase(it);
+      ++generation;
       it = map.end();
     }
     return it;
@@ -165,6 +272,7 @@ struct CudaOps::Impl {
   int64_t meta_pinned_cap = 0;
   DeviceBuffer meta_dev;
   bool have_step = false;
+  int64_t embed_rows = 0;  // rows of the embedding table (known after the first embed)
 
   void set_device() const { check(cudaSetDevice(device), "cudaSetDevice"); }
   // Host -> device copy on the work stream, finished before it returns. (A plain cudaMemcpy from
@@ -174,11 +282,23 @@ struct CudaOps::Impl {
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream), what);
     check(cudaStreamSynchronize(stream), what);
   }
-  void sync() const { check(cudaStreamSynchronize(stream), "stream synchronize"); }
+  void sync() const {
+    // Nothing waits while a step is being recorded: the buffers of a shape seen before are
+    // already in place, so a wait here is a bug, said plainly rather than as a capture error.
+    DETINFER_CHECK(!capturing, "cuda: internal error: a buffer moved while a CUDA graph was "
+                               "being recorded (run with DETINFER_CUDA_GRAPHS=0 and report it)");
+    check(cudaStreamSynchronize(stream), "stream synchronize");
+  }
 
   const int32_t* meta(int64_t off) const { return meta_dev.as<int32_t>() + off; }
 
+  DeviceBuffer upload_matrix(const std::vector<const TensorView*>& parts, cuda::GemmWeight* view);
   const cuda::GemmWeight& matrix(const TensorView& w);
+  const Stack& stack(int n, const TensorView* const* ws, const TensorView* const* biases);
+  DeviceBuffer stack_out;  // a stacked GEMM's output before the split
+  // y = x·Wᵀ (+ bias) with the GEMM of this object's mode (x rounded to bf16 unless its copy is
+  // already there).
+  void gemm(const float* x, int64_t M, const cuda::GemmWeight& g, const float* bias, float* y);
   const Raw& raw_table(const TensorView& t);
   const float* vector(const TensorView& t, int64_t n, const char* what);
   void ensure_rope_rows(int64_t rows);
@@ -187,28 +307,38 @@ struct CudaOps::Impl {
   }
 };
 
-const cuda::GemmWeight& CudaOps::Impl::matrix(const TensorView& w) {
-  auto it = find_upload(matrices, w);
-  if (it != matrices.end()) return it->second.view;
-  DETINFER_CHECK(w.shape.size() == 2, "cuda matmul: weight ", w.name, " has shape ", w.shape_str(),
-                 ", expected [N, K]");
-  const int64_t N = w.rows(), K = w.cols();
-  const int64_t row_bytes = dtype_row_bytes(w.dtype, K);
-  DETINFER_CHECK(w.nbytes >= N * row_bytes, "cuda matmul: weight ", w.name, " holds ", w.nbytes,
-                 " bytes, ", N * row_bytes, " needed for ", w.shape_str(), " ", dtype_name(w.dtype));
+// Weights [N_i, K] stacked row-wise into one bf16 matrix, dequantized exactly (dequantize_row),
+// each value rounded to bf16, padded with zeros to the tile multiples. Rows are independent:
+// large matrices are converted on several host threads.
+DeviceBuffer CudaOps::Impl::upload_matrix(const std::vector<const TensorView*>& parts,
+                                          cuda::GemmWeight* view) {
+  const int64_t K = parts[0]->cols();
+  int64_t N = 0;
+  for (const TensorView* w : parts) {
+    DETINFER_CHECK(w->shape.size() == 2, "cuda matmul: weight ", w->name, " has shape ",
+                   w->shape_str(), ", expected [N, K]");
+    DETINFER_CHECK(w->cols() == K, "cuda matmul: weights of one input differ in K (", w->name, ")");
+    const int64_t row_bytes = dtype_row_bytes(w->dtype, K);
+    DETINFER_CHECK(w->nbytes >= w->rows() * row_bytes, "cuda matmul: weight ", w->name, " holds ",
+                   w->nbytes, " bytes, ", w->rows() * row_bytes, " needed for ", w->shape_str(), " ",
+                   dtype_name(w->dtype));
+    N += w->rows();
+  }
   cuda::GemmWeight v;
   v.N = N, v.K = K;
   v.Np = round_up(N, cuda::kGemmBN), v.Kp = round_up(K, cuda::kGemmBK);
-  // Dequantize exactly (dequantize_row), round each value to bf16, pad with zeros.
-  // Rows are independent: large matrices are converted on several host threads.
   std::vector<uint16_t> host(static_cast<size_t>(v.Np * v.Kp), 0);
   std::exception_ptr error;
   std::mutex error_mu;
-  auto convert = [&](int64_t r0, int64_t r1) {
+  auto convert = [&](int64_t r0, int64_t r1) {  // rows of the stack
     try {
       std::vector<float> row(static_cast<size_t>(K));
+      size_t part = 0;
+      int64_t base = 0;
       for (int64_t r = r0; r < r1; ++r) {
-        dequantize_row(w.dtype, w.data + r * row_bytes, row.data(), K);
+        while (r >= base + parts[part]->rows()) base += parts[part++]->rows();
+        const TensorView& w = *parts[part];
+        dequantize_row(w.dtype, w.data + (r - base) * dtype_row_bytes(w.dtype, K), row.data(), K);
         uint16_t* dst = host.data() + r * v.Kp;
         for (int64_t k = 0; k < K; ++k) dst[k] = f32_to_bf16(row[k]);
       }
@@ -225,12 +355,56 @@ const cuda::GemmWeight& CudaOps::Impl::matrix(const TensorView& w) {
   convert(0, N / workers);
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
+  DeviceBuffer data(static_cast<int64_t>(host.size() * sizeof(uint16_t)), "a matmul weight");
+  upload(data.as<void>(), host.data(), host.size() * sizeof(uint16_t), "weight upload");
+  v.w = data.as<uint16_t>();
+  *view = v;
+  return data;
+}
+
+const cuda::GemmWeight& CudaOps::Impl::matrix(const TensorView& w) {
+  auto it = find_upload(matrices, w);
+  if (it != matrices.end()) return it->second.view;
   Matrix m{Signature(w), {}, {}};
-  m.data.allocate(static_cast<int64_t>(host.size() * sizeof(uint16_t)), "a matmul weight");
-  upload(m.data.as<void>(), host.data(), host.size() * sizeof(uint16_t), "weight upload");
-  v.w = m.data.as<uint16_t>();
-  m.view = v;
+  m.data = upload_matrix({&w}, &m.view);
   return matrices.emplace(w.data, std::move(m)).first->second.view;
+}
+
+const CudaOps::Impl::Stack& CudaOps::Impl::stack(int n, const TensorView* const* ws,
+                                                 const TensorView* const* biases) {
+  std::vector<const void*> key;
+  for (int i = 0; i < n; ++i) key.push_back(ws[i]->data);
+  auto it = stacks.find(key);
+  if (it != stacks.end()) {
+    bool same = true;
+    for (int i = 0; i < n; ++i) same = same && it->second.sigs[i].matches(*ws[i]);
+    if (same) return it->second;
+    sync();
+    stacks.erase(it);
+    ++generation;
+  }
+  Stack st;
+  std::vector<const TensorView*> parts(ws, ws + n);
+  st.data = upload_matrix(parts, &st.view);
+  int64_t off = 0;
+  std::vector<float> bias;
+  for (int i = 0; i < n; ++i) {
+    st.sigs.emplace_back(*ws[i]);
+    st.offsets.push_back(off);
+    st.widths.push_back(ws[i]->rows());
+    if (biases[i]) {
+      DETINFER_CHECK(biases[i]->numel() == ws[i]->rows(), "cuda matmul: ", biases[i]->name, " has ",
+                     biases[i]->numel(), " elements, expected ", ws[i]->rows());
+      const std::vector<float> b = to_f32(*biases[i]);
+      bias.insert(bias.end(), b.begin(), b.end());
+    }
+    off += ws[i]->rows();
+  }
+  if (!bias.empty()) {
+    st.bias = DeviceBuffer(static_cast<int64_t>(bias.size() * sizeof(float)), "matmul biases");
+    upload(st.bias.as<void>(), bias.data(), bias.size() * sizeof(float), "bias upload");
+  }
+  return stacks.emplace(std::move(key), std::move(st)).first->second;
 }
 
 const CudaOps::Impl::Raw& CudaOps::Impl::raw_table(const TensorView& t) {
@@ -262,6 +436,47 @@ const float* CudaOps::Impl::vector(const TensorView& t, int64_t n, const char* w
   return it->second.data.as<float>();
 }
 
+uint16_t* CudaOps::Impl::bf16_input(int64_t rows, int64_t K) {
+  const int64_t need = rows * twin_ld(K) * static_cast<int64_t>(sizeof(uint16_t));
+  if (x_bf16.bytes() < need) {
+    sync();
+    ++generation;
+    twin_valid = false;
+    x_bf16.allocate(std::max(need, 2 * x_bf16.bytes()), "matmul input (bf16)");
+  }
+  return x_bf16.as<uint16_t>();
+}
+
+void CudaOps::Impl::prof_collect() {
+  for (ProfRecord& r : prof_pending) {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, r.start, r.stop), "profile event");
+    ProfTotal& t = prof_totals[r.key];
+    ++t.calls;
+    t.ms += ms, t.bytes += r.bytes, t.flops += r.flops;
+    prof_free.push_back(r.start);
+    prof_free.push_back(r.stop);
+  }
+  prof_pending.clear();
+}
+
+void CudaOps::Impl::prof_print() {
+  std::vector<std::pair<std::string, ProfTotal>> rows(prof_totals.begin(), prof_totals.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  double all = 0;
+  for (const auto& r : rows) all += r.second.ms;
+  std::fprintf(stderr, "\nGPU time per op (DETINFER_PROFILE; events around each op, graphs off): %.1f ms in all\n", all);
+  std::fprintf(stderr, "%-44s %8s %10s %6s %9s %8s %9s\n", "op and shape", "calls", "total ms", "%", "avg us",
+               "GB/s", "TFLOP/s");
+  for (const auto& [key, t] : rows) {
+    const double s_total = t.ms / 1e3;
+    std::fprintf(stderr, "%-44s %8lld %10.2f %6.1f %9.1f %8.0f %9.1f\n", key.c_str(),
+                 static_cast<long long>(t.calls), t.ms, all > 0 ? 100.0 * t.ms / all : 0.0,
+                 1e3 * t.ms / static_cast<double>(t.calls), s_total > 0 ? t.bytes / s_total / 1e9 : 0.0,
+                 s_total > 0 ? t.flops / s_total / 1e12 : 0.0);
+  }
+}
+
 void CudaOps::Impl::ensure_rope_rows(int64_t rows) {
   if (rows <= rope_rows) return;
   const int half = config.head_dim / 2;
@@ -278,6 +493,7 @@ void CudaOps::Impl::ensure_rope_rows(int64_t rows) {
     }
   sync();  // the old tables may still be read by queued kernels
   const int64_t bytes = want * half * static_cast<int64_t>(sizeof(float));
+  ++generation;
   cos_dev.allocate(bytes, "rope tables");
   sin_dev.allocate(bytes, "rope tables");
   upload(cos_dev.as<void>(), cos_host.data(), bytes, "rope upload");
@@ -313,11 +529,18 @@ CudaOps::CudaOps(int device, bool deterministic) : impl_(std::make_unique<Impl>(
   check(cudaEventCreateWithFlags(&impl_->meta_copied, cudaEventDisableTiming), "event create");
   impl_->deterministic = deterministic;
   {
+    const char* prof = std::getenv("DETINFER_PROFILE");
+    impl_->profile = prof && *prof && std::string(prof) != "0";
+    const char* g = std::getenv("DETINFER_CUDA_GRAPHS");
+    impl_->graphs = !impl_->profile && !(g && std::string(g) == "0");
+  }
+  {
     cudaDeviceProp p{};
     check(cudaGetDeviceProperties(&p, device), "device properties");
     const char* force = std::getenv("DETINFER_GEMM");  // "mma": the portable kernel (tests)
     impl_->hopper = p.major == 9 && p.minor == 0 && !(force && std::string(force) == "mma");
   }
+  impl_->twins = impl_->hopper || !deterministic;
   if (!deterministic) {
     Impl& s = *impl_;
     DETINFER_CHECK(cublasCreate(&s.blas) == CUBLAS_STATUS_SUCCESS, "cuBLAS: cannot create a handle");
@@ -333,12 +556,27 @@ CudaOps::CudaOps(int device, bool deterministic) : impl_(std::make_unique<Impl>(
 CudaOps::~CudaOps() {
   if (!impl_) return;
   cudaSetDevice(impl_->device);
+  impl_->abort_capture();
   if (impl_->stream) cudaStreamSynchronize(impl_->stream);
+  if (impl_->profile) {
+    if (cudaGetLastError() == cudaSuccess) {
+      try {
+        impl_->prof_collect();
+        impl_->prof_print();
+      } catch (const std::exception&) {  // a destructor reports nothing it cannot read
+      }
+    }
+    for (auto& r : impl_->prof_pending) impl_->prof_free.push_back(r.start), impl_->prof_free.push_back(r.stop);
+    for (cudaEvent_t e : impl_->prof_free) cudaEventDestroy(e);
+  }
+  impl_->drop_graphs();
+  if (impl_->pinned_host) cudaFreeHost(impl_->pinned_host);
   if (impl_->meta_pinned) cudaFreeHost(impl_->meta_pinned);
   if (impl_->meta_copied) cudaEventDestroy(impl_->meta_copied);
   if (impl_->blas) cublasDestroy(impl_->blas);
   Impl* p = impl_.get();
   p->matrices.clear();
+  p->stacks.clear();
   p->raw_tables.clear();
   p->vectors.clear();
   p->scratch.clear();
@@ -361,6 +599,37 @@ void CudaOps::memory_info(int64_t* free_bytes, int64_t* total_bytes) const {
   if (total_bytes) *total_bytes = static_cast<int64_t>(t);
 }
 
+double CudaOps::copy_bandwidth() {
+  Impl& s = *impl_;
+  s.set_device();
+  s.sync();
+  const int64_t bytes = int64_t{256} << 20;
+  DeviceBuffer a(bytes, "the copy-bandwidth probe"), b(bytes, "the copy-bandwidth probe");
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  check(cudaEventCreate(&e0), "event create");
+  check(cudaEventCreate(&e1), "event create");
+  float best_ms = 0;
+  for (int rep = 0; rep < 6; ++rep) {  // the first is a warm-up; the fastest of the rest counts
+    check(cudaEventRecord(e0, s.stream), "event record");
+    check(cudaMemcpyAsync(b.as<void>(), a.as<void>(), bytes, cudaMemcpyDeviceToDevice, s.stream), "copy");
+    check(cudaEventRecord(e1, s.stream), "event record");
+    check(cudaEventSynchronize(e1), "event sync");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, e0, e1), "event time");
+    if (rep > 0 && (best_ms == 0 || ms < best_ms)) best_ms = ms;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return best_ms > 0 ? 2.0 * static_cast<double>(bytes) / (best_ms / 1e3) : 0.0;
+}
+
+int64_t CudaOps::weight_bytes() const {
+  int64_t n = 0;
+  for (const auto& [key, m] : impl_->matrices) n += m.data.bytes();
+  for (const auto& [key, st] : impl_->stacks) n += st.data.bytes();
+  return n;
+}
+
 void CudaOps::init(const ModelConfig& config, const KvCacheShape& kv) {
   Impl& s = *impl_;
   s.set_device();
@@ -375,6 +644,11 @@ void CudaOps::init(const ModelConfig& config, const KvCacheShape& kv) {
                      kv.num_blocks * kv.block_size <= 0x7fffffff,
                  "cuda: KV cache of ", kv.num_blocks, " blocks of ", kv.block_size,
                  " positions is out of range");
+  s.abort_capture();
+  s.drop_graphs();
+  s.shapes_seen.clear();
+  ++s.generation;
+  s.forget_twin();
   s.config = config;
   s.kv = kv;
   const RopeConfig& r = config.rope;
@@ -409,6 +683,8 @@ float* CudaOps::scratch(int slot, int64_t n) {
   if (b.bytes() < bytes || b.bytes() == 0) {
     s.set_device();
     s.sync();  // queued kernels may still use the old buffer
+    ++s.generation;
+    s.forget_twin();
     b.allocate(std::max(bytes, b.bytes() + b.bytes() / 2), "a scratch buffer");
   }
   return b.as<float>();
@@ -418,6 +694,8 @@ void CudaOps::begin_step(const StepBatch& batch) {
   Impl& s = *impl_;
   DETINFER_CHECK(s.initialized, "cuda: begin_step before init");
   s.set_device();
+  s.abort_capture();
+  s.forget_twin();
   const int64_t T = batch.n_tokens();
   const int64_t L = static_cast<int64_t>(batch.logit_tokens.size());
   const int64_t S = static_cast<int64_t>(batch.block_tables.size());
@@ -486,6 +764,7 @@ void CudaOps::begin_step(const StepBatch& batch) {
   const int64_t bytes = std::max<int64_t>(lay.total, 1) * static_cast<int64_t>(sizeof(int32_t));
   if (s.meta_dev.bytes() < bytes) {
     s.sync();
+    ++s.generation;
     s.meta_dev.allocate(std::max(bytes, 2 * s.meta_dev.bytes()), "step metadata");
   }
   check(cudaMemcpyAsync(s.meta_dev.as<void>(), m, lay.total * sizeof(int32_t),
@@ -493,20 +772,129 @@ void CudaOps::begin_step(const StepBatch& batch) {
         "metadata upload");
   check(cudaEventRecord(s.meta_copied, s.stream), "metadata event");
   s.tokens_host.assign(batch.tokens.begin(), batch.tokens.end());
+  if (s.embed_rows > 0)  // also checked here: a replayed step does not call embed()
+    for (int32_t tok : s.tokens_host)
+      DETINFER_CHECK(tok >= 0 && tok < s.embed_rows, "cuda embed: token ", tok,
+                     " is outside the embedding table (", s.embed_rows, " rows)");
   s.T = T, s.L = L;
   s.have_step = true;
+  if (s.profile) {
+    double positions = 0;
+    for (int64_t q = 0; q < S; ++q) positions += max_pos[q] + 1;
+    s.attn_kv_bytes = positions * 2.0 * s.kv.n_kv_heads * s.kv.head_dim * sizeof(float);
+  }
 }
+
+bool CudaOps::replay_forward() {
+  Impl& s = *impl_;
+  s.require_step("replay_forward");
+  if (!s.graphs || s.T > Impl::kGraphMaxTokens) return false;
+  const Impl::GraphKey key{s.T, s.L};
+  auto it = s.step_graphs.find(key);
+  if (it != s.step_graphs.end()) {
+    if (it->second.generation == s.generation) {
+      check(cudaGraphLaunch(it->second.exec, s.stream), "CUDA graph launch");
+      ++s.graph_replays;
+      return true;
+    }
+    cudaGraphExecDestroy(it->second.exec);
+    s.step_graphs.erase(it);
+  }
+  // The first step of a shape runs op by op: it uploads the weights and grows the buffers that
+  // a recording must find in place. The second is recorded (and then run from the recording).
+  if (++s.shapes_seen[key] < 2) return false;
+  if (s.step_graphs.size() >= Impl::kGraphMax) s.drop_graphs();
+  check(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal), "CUDA graph capture");
+  s.capturing = true;
+  s.capture_key = key;
+  return false;
+}
+
+void CudaOps::end_forward() {
+  Impl& s = *impl_;
+  if (!s.capturing) return;
+  s.capturing = false;
+  cudaGraph_t graph = nullptr;
+  check(cudaStreamEndCapture(s.stream, &graph), "CUDA graph capture");
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(err, "CUDA graph instantiate");
+  s.step_graphs[s.capture_key] = Impl::StepGraph{exec, s.generation};
+  check(cudaGraphLaunch(exec, s.stream), "CUDA graph launch");  // the recorded step runs now
+}
+
+float* CudaOps::host_buffer(int64_t n) {
+  Impl& s = *impl_;
+  if (s.pinned_host_cap < n) {
+    s.set_device();
+    s.sync();  // a copy into the old buffer may still be in flight
+    if (s.pinned_host) cudaFreeHost(s.pinned_host);
+    s.pinned_host = nullptr;
+    s.pinned_host_cap = 0;
+    void* p = nullptr;
+    const int64_t want = std::max<int64_t>(n, 2 * s.pinned_host_cap);
+    check(cudaMallocHost(&p, static_cast<size_t>(want) * sizeof(float)), "pinned host buffer");
+    s.pinned_host = static_cast<float*>(p);
+    s.pinned_host_cap = want;
+  }
+  return s.pinned_host;
+}
+
+// Times the rest of the enclosing op under DETINFER_PROFILE (a no-op otherwise).
+#define DETINFER_PROFILE_OP(s, key, bytes, flops) \
+  std::optional<Impl::ProfScope> profile_scope;   \
+  if ((s).profile) profile_scope.emplace(&(s), key, bytes, flops)
+
+namespace {
+std::string shape_key(const char* op, int64_t rows, int64_t cols, int64_t M) {
+  return std::string(op) + " " + std::to_string(rows) + "x" + std::to_string(cols) + " M=" +
+         std::to_string(M);
+}
+}  // namespace
 
 void CudaOps::embed(const TensorView& table, float* x) {
   Impl& s = *impl_;
   s.require_step("embed");
   s.set_device();
   const Impl::Raw& r = s.raw_table(table);
+  s.embed_rows = r.rows;
+  s.forget_twin();
   for (int32_t tok : s.tokens_host)
     DETINFER_CHECK(tok >= 0 && tok < r.rows, "cuda embed: token ", tok, " is outside ", table.name,
                    " (", r.rows, " rows)");
+  DETINFER_PROFILE_OP(s, "embed T=" + std::to_string(s.T), 8.0 * s.T * table.cols(), 0);
   cuda::embed(r.data.as<uint8_t>(), table.dtype, r.row_bytes, table.cols(), s.meta(s.layout.tokens),
               s.T, x, s.stream);
+}
+
+void CudaOps::Impl::gemm(const float* x, int64_t M, const cuda::GemmWeight& g, const float* b,
+                         float* y) {
+  DETINFER_PROFILE_OP(*this, shape_key("matmul", g.N, g.K, M),
+                      2.0 * g.N * g.K + (twins ? 2.0 : 4.0) * M * g.K + 4.0 * M * g.N,
+                      2.0 * M * g.N * g.K);
+  if (deterministic && !hopper) return cuda::gemm_bf16(x, M, g, b, y, stream);
+  // x rounded to bf16 once (round to nearest even, as every kernel here), rows of Kp: the input
+  // of both the wgmma GEMM and cuBLAS. Skipped when the op that made x also wrote its bf16 copy.
+  const int64_t ld = twin_ld(g.K);
+  if (!(twin_valid && twin_src == x && twin_rows == M && twin_K == g.K)) {
+    uint16_t* xb = bf16_input(M, g.K);
+    DETINFER_PROFILE_OP(*this, shape_key("round to bf16", M, g.K, M), 6.0 * M * g.K, 0);
+    cuda::round_rows_to_bf16(x, M, g.K, ld, xb, stream);
+    set_twin(x, M, g.K);
+  }
+  if (y == twin_src) forget_twin();  // (never in the model: a GEMM writes a new buffer)
+  if (deterministic) return cuda::gemm_wgmma(x_bf16.as<uint16_t>(), ld, M, g, b, y, stream);
+  // Off: cuBLAS with its heuristics. Row-major y[M, N] = x[M, K]·Wᵀ is column-major
+  // yᵀ[N, M] = W[N, K]ᵀᵀ·xᵀ: op T on W, op N on x (both ld Kp), fp32 output and compute.
+  const float one = 1.0f, zero = 0.0f;
+  const cublasStatus_t st = cublasGemmEx(
+      blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.N), static_cast<int>(M), static_cast<int>(g.K), &one,
+      g.w, CUDA_R_16BF, static_cast<int>(g.Kp), x_bf16.as<void>(), CUDA_R_16BF, static_cast<int>(ld), &zero, y,
+      CUDA_R_32F, static_cast<int>(g.N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  DETINFER_CHECK(st == CUBLAS_STATUS_SUCCESS, "cuBLAS GEMM (", M, "x", g.N, "x", g.K, ") failed: status ",
+                 static_cast<int>(st));
+  if (b) cuda::add_bias(y, M, g.N, b, stream);
 }
 
 void CudaOps::matmul(const float* x, int64_t M, const TensorView& w, const TensorView* bias,
@@ -516,40 +904,72 @@ void CudaOps::matmul(const float* x, int64_t M, const TensorView& w, const Tenso
   const cuda::GemmWeight& g = s.matrix(w);
   const float* b = bias ? s.vector(*bias, g.N, "matmul bias") : nullptr;
   if (M <= 0) return;
-  if (s.deterministic && !s.hopper) return cuda::gemm_bf16(x, M, g, b, y, s.stream);
-  // x rounded to bf16 once (round to nearest even, as every kernel here), zero-padded to Kp:
-  // the input of both the wgmma GEMM and cuBLAS.
-  const int64_t ld = g.Kp;
-  const int64_t need = M * ld * static_cast<int64_t>(sizeof(uint16_t));
-  if (s.x_bf16.bytes() < need) {
+  s.gemm(x, M, g, b, y);
+}
+
+void CudaOps::matmul_n(const float* x, int64_t M, int n, const TensorView* const* ws,
+                       const TensorView* const* biases, float* const* ys) {
+  Impl& s = *impl_;
+  s.set_device();
+  int with_bias = 0;
+  for (int i = 0; i < n; ++i) with_bias += biases[i] != nullptr;
+  // One GEMM over the stacked weights gives each output element the bits of its own GEMM (one K
+  // order per element, whatever N). Mixed bias / no bias stays separate: + 0 is not a no-op on -0.
+  if (n < 2 || n > cuda::kMaxSplit || (with_bias != 0 && with_bias != n))
+    return Ops::matmul_n(x, M, n, ws, biases, ys);
+  const Impl::Stack& st = s.stack(n, ws, biases);
+  if (M <= 0) return;
+  const int64_t need = M * st.view.N * static_cast<int64_t>(sizeof(float));
+  if (s.stack_out.bytes() < need) {
     s.sync();
-    s.x_bf16.allocate(std::max(need, 2 * s.x_bf16.bytes()), "matmul input (bf16)");
+    ++s.generation;
+    s.stack_out.allocate(std::max(need, 2 * s.stack_out.bytes()), "a stacked matmul output");
   }
-  cuda::round_rows_to_bf16(x, M, g.K, ld, s.x_bf16.as<uint16_t>(), s.stream);
-  if (s.deterministic) return cuda::gemm_wgmma(s.x_bf16.as<uint16_t>(), ld, M, g, b, y, s.stream);
-  // Off: cuBLAS with its heuristics. Row-major y[M, N] = x[M, K]·Wᵀ is column-major
-  // yᵀ[N, M] = W[N, K]ᵀᵀ·xᵀ: op T on W, op N on x (both ld Kp), fp32 output and compute.
-  const float one = 1.0f, zero = 0.0f;
-  const cublasStatus_t st = cublasGemmEx(
-      s.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.N), static_cast<int>(M), static_cast<int>(g.K), &one,
-      g.w, CUDA_R_16BF, static_cast<int>(g.Kp), s.x_bf16.as<void>(), CUDA_R_16BF, static_cast<int>(ld), &zero, y,
-      CUDA_R_32F, static_cast<int>(g.N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  DETINFER_CHECK(st == CUBLAS_STATUS_SUCCESS, "cuBLAS GEMM (", M, "x", g.N, "x", g.K, ") failed: status ",
-                 static_cast<int>(st));
-  if (b) cuda::add_bias(y, M, g.N, b, s.stream);
+  s.gemm(x, M, st.view, with_bias ? st.bias.as<float>() : nullptr, s.stack_out.as<float>());
+  cuda::SplitColumns parts;
+  parts.n = n;
+  for (int i = 0; i < n; ++i) parts.out[i] = ys[i], parts.offset[i] = st.offsets[i], parts.width[i] = st.widths[i];
+  DETINFER_PROFILE_OP(s, shape_key("split columns", M, st.view.N, M), 8.0 * M * st.view.N, 0);
+  cuda::split_columns(s.stack_out.as<float>(), M, st.view.N, parts, s.stream);
 }
 
 void CudaOps::rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,
                       float* y) {
   Impl& s = *impl_;
   s.set_device();
-  cuda::rmsnorm(x, rows, D, s.vector(w, D, "rmsnorm weight"), eps, y, s.stream);
+  const float* wd = s.vector(w, D, "rmsnorm weight");
+  s.forget_twin();
+  if (rows <= 0) return;
+  // The norms that feed a GEMM (rows of d_model) also write its bf16 input.
+  const bool twin = s.twins && D == s.config.d_model;
+  uint16_t* tw = twin ? s.bf16_input(rows, D) : nullptr;
+  DETINFER_PROFILE_OP(s, shape_key("rmsnorm", rows, D, rows), 8.0 * rows * D, 0);
+  // The kernel takes x as writable for its fused form; without a residual it only reads it.
+  cuda::rmsnorm(const_cast<float*>(x), nullptr, rows, D, wd, eps, y, tw, Impl::twin_ld(D), s.stream);
+  if (twin) s.set_twin(y, rows, D);
+}
+
+void CudaOps::add_rmsnorm(float* x, const float* r, int64_t rows, int64_t D, const TensorView& w,
+                          float eps, float* y) {
+  Impl& s = *impl_;
+  s.set_device();
+  const float* wd = s.vector(w, D, "rmsnorm weight");
+  s.forget_twin();
+  if (rows <= 0) return;
+  const bool twin = s.twins && D == s.config.d_model;
+  uint16_t* tw = twin ? s.bf16_input(rows, D) : nullptr;
+  DETINFER_PROFILE_OP(s, shape_key("add+rmsnorm", rows, D, rows), 16.0 * rows * D, 0);
+  cuda::rmsnorm(x, r, rows, D, wd, eps, y, tw, Impl::twin_ld(D), s.stream);
+  if (twin) s.set_twin(y, rows, D);
 }
 
 void CudaOps::rope(float* x, int n_heads) {
   Impl& s = *impl_;
   s.require_step("rope");
   s.set_device();
+  s.forget_twin();
+  DETINFER_PROFILE_OP(s, "rope heads=" + std::to_string(n_heads) + " T=" + std::to_string(s.T),
+                      8.0 * s.T * n_heads * s.config.head_dim, 0);
   cuda::rope(x, s.T, n_heads, s.config.head_dim, s.meta(s.layout.pos), s.cos_dev.as<float>(),
              s.sin_dev.as<float>(), s.stream);
 }
@@ -560,10 +980,13 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
   DETINFER_CHECK(layer >= 0 && layer < s.kv.n_layers, "cuda attention: layer ", layer,
                  " outside the cache's ", s.kv.n_layers);
   s.set_device();
+  s.forget_twin();
   const int64_t row = static_cast<int64_t>(s.kv.n_kv_heads) * s.kv.head_dim;
   const int64_t per_layer = s.kv.num_blocks * s.kv.block_size * row;
   float* kc = s.k_cache.as<float>() + layer * per_layer;
   float* vc = s.v_cache.as<float>() + layer * per_layer;
+  DETINFER_PROFILE_OP(s, "attention T=" + std::to_string(s.T),
+                      s.attn_kv_bytes + 8.0 * s.T * s.config.q_dim(), 0);
   // New K/V go into the cache first; cached and new positions then go through the same loop.
   cuda::kv_write(kc, vc, k, v, s.T, row, s.meta(s.layout.slots), s.stream);
   cuda::AttentionArgs a;
@@ -581,12 +1004,23 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
 void CudaOps::swiglu(const float* gate, const float* up, int64_t n, float* out) {
   Impl& s = *impl_;
   s.set_device();
-  cuda::swiglu(gate, up, n, out, s.stream);
+  s.forget_twin();
+  if (n <= 0) return;
+  // The down projection's input: rows of d_ff.
+  const int64_t F = s.config.d_ff;
+  const bool twin = s.twins && F > 0 && n % F == 0;
+  uint16_t* tw = twin ? s.bf16_input(n / F, F) : nullptr;
+  DETINFER_PROFILE_OP(s, shape_key("swiglu", n / std::max<int64_t>(F, 1), F, n / std::max<int64_t>(F, 1)),
+                      12.0 * n, 0);
+  cuda::swiglu(gate, up, n, out, tw, F, Impl::twin_ld(F), s.stream);
+  if (twin) s.set_twin(out, n / F, F);
 }
 
 void CudaOps::add(float* y, const float* x, int64_t n) {
   Impl& s = *impl_;
   s.set_device();
+  s.forget_twin();
+  DETINFER_PROFILE_OP(s, "add n=" + std::to_string(n), 12.0 * n, 0);
   cuda::add(y, x, n, s.stream);
 }
 
@@ -594,6 +1028,8 @@ void CudaOps::gather_logit_rows(const float* x, int64_t D, float* out) {
   Impl& s = *impl_;
   s.require_step("gather_logit_rows");
   s.set_device();
+  s.forget_twin();
+  DETINFER_PROFILE_OP(s, "gather rows L=" + std::to_string(s.L), 8.0 * s.L * D, 0);
   cuda::gather_rows(x, D, s.meta(s.layout.logit_rows), s.L, out, s.stream);
 }
 
@@ -601,19 +1037,34 @@ void CudaOps::to_host(const float* src, int64_t n, float* dst) {
   Impl& s = *impl_;
   if (n <= 0) return;
   s.set_device();
-  check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, s.stream),
-        "copy to host");
+  {
+    DETINFER_PROFILE_OP(s, "copy to host n=" + std::to_string(n), 4.0 * n, 0);
+    check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, s.stream),
+          "copy to host");
+  }
   s.sync();
+  if (s.profile) s.prof_collect();
 }
 
 void CudaOps::from_host(const float* src, int64_t n, float* dst) {
   Impl& s = *impl_;
   if (n <= 0) return;
   s.set_device();
+  s.forget_twin();
   check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, s.stream),
         "copy to device");
   s.sync();
 }
+
+void CudaOps::set_cuda_graphs(bool enabled) {
+  Impl& s = *impl_;
+  s.abort_capture();
+  s.graphs = enabled && !s.profile;
+  if (!s.graphs) s.drop_graphs();
+}
+
+bool CudaOps::cuda_graphs() const { return impl_->graphs; }
+int64_t CudaOps::graph_replays() const { return impl_->graph_replays; }
 
 void CudaOps::synchronize() {
   impl_->set_device();
@@ -623,6 +1074,7 @@ void CudaOps::synchronize() {
 void CudaOps::det_expf_n(const float* x, int64_t n, float* y) {
   Impl& s = *impl_;
   s.set_device();
+  s.forget_twin();
   cuda::exp_n(x, n, y, s.stream);
 }
 

@@ -41,6 +41,11 @@ class CudaOps final : public Ops {
   bool deterministic() const;
   // Bytes of device memory free and in total on this object's GPU (cudaMemGetInfo).
   void memory_info(int64_t* free_bytes, int64_t* total_bytes) const;
+  // Device-to-device copy bandwidth measured now (bytes read + written per second, 256 MiB
+  // copies): the ceiling that memory-bound kernels are compared with.
+  double copy_bandwidth();
+  // Bytes of the matmul weights uploaded so far (bf16, padded): what a batch-1 decode step reads.
+  int64_t weight_bytes() const;
 
   void init(const ModelConfig& config, const KvCacheShape& kv) override;
   float* scratch(int slot, int64_t n) override;
@@ -49,14 +54,28 @@ class CudaOps final : public Ops {
   // y[M, N] = bf16(x)[M, K] · bf16(W)ᵀ with fp32 accumulation (+ bias in fp32).
   void matmul(const float* x, int64_t M, const TensorView& w, const TensorView* bias,
               float* y) override;
+  // The weights of one input as one GEMM over their stacked rows, then split (bits of matmul()).
+  void matmul_n(const float* x, int64_t M, int n, const TensorView* const* ws,
+                const TensorView* const* biases, float* const* ys) override;
   void rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,
                float* y) override;
   void rope(float* x, int n_heads) override;
   void attention(int layer, const float* q, const float* k, const float* v, float* out) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void add(float* y, const float* x, int64_t n) override;
+  void add_rmsnorm(float* x, const float* r, int64_t rows, int64_t D, const TensorView& w,
+                   float eps, float* y) override;
   void gather_logit_rows(const float* x, int64_t D, float* out) override;
   void to_host(const float* src, int64_t n, float* dst) override;  // waits for the copy
+  float* host_buffer(int64_t n) override;  // pinned memory
+  // CUDA graphs: a step of a shape (tokens, logit rows) seen before is recorded once, then
+  // replayed. Off with DETINFER_CUDA_GRAPHS=0 (or set_cuda_graphs(false)) and under
+  // DETINFER_PROFILE=1 (which times every op and prints the totals when this object goes).
+  bool replay_forward() override;
+  void end_forward() override;
+  void set_cuda_graphs(bool enabled);
+  bool cuda_graphs() const;
+  int64_t graph_replays() const;  // steps replayed from a recording so far
 
   // Copies n floats from host memory to device memory dst (waits for the copy).
   void from_host(const float* src, int64_t n, float* dst);

@@ -2,6 +2,7 @@
 // block / warp for reductions) in a fixed order that depends only on the reduced length:
 // never on the number of rows, the batch, the grid size or timing. No floating-point atomics.
 // Every floating-point operation is an explicit correctly rounded intrinsic.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cmath>
@@ -34,14 +35,44 @@ unsigned elementwise_blocks(int64_t n) {
 //   ss = ((w0 + w1) + (w2 + w3)) + ((w4 + w5) + (w6 + w7));
 //   r = 1 / sqrt(ss / D + eps);  y_i = (x_i · r) · weight_i   (each op rounded, CPU formula).
 constexpr int kNormThreads = 256;
+constexpr int kNormBatch = 8;
+// Fused forms, the same bits as the separate kernels: with `residual`, x_i = x_i + residual_i is
+// stored first and the norm reads the stored sum (the add kernel's rounding, then this order);
+// with `twin`, y is also written as bf16 (round to nearest even) rows of twin_ld, the GEMM input
+// that round_rows_to_bf16 would make from y.
 __global__ void __launch_bounds__(kNormThreads)
-    rmsnorm_kernel(const float* __restrict__ x, int64_t D, const float* __restrict__ w, float eps,
-                   float* y) {
+    rmsnorm_kernel(float* x, const float* residual, int64_t D, const float* __restrict__ w,
+                   float eps, float* y, uint16_t* twin, int64_t twin_ld) {
   __shared__ float warp_sums[kNormThreads / 32];
-  const float* xr = x + static_cast<int64_t>(blockIdx.x) * D;
+  float* xr = x + static_cast<int64_t>(blockIdx.x) * D;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * D;
+  // The loads of kNormBatch elements are issued before their sums (one row is latency-bound at
+  // decode); the fma order per thread is unchanged: i = j, j+256, j+512, ...
   float s = 0.0f;
-  for (int64_t i = threadIdx.x; i < D; i += kNormThreads) s = __fmaf_rn(xr[i], xr[i], s);
+  const float* rr = residual ? residual + static_cast<int64_t>(blockIdx.x) * D : nullptr;
+  for (int64_t i0 = threadIdx.x; i0 < D; i0 += kNormThreads * kNormBatch) {
+    float v[kNormBatch];
+#pragma unroll
+    for (int u = 0; u < kNormBatch; ++u) {
+      const int64_t i = i0 + u * kNormThreads;
+      v[u] = i < D ? xr[i] : 0.0f;
+    }
+    if (rr) {
+#pragma unroll
+      for (int u = 0; u < kNormBatch; ++u) {
+        const int64_t i = i0 + u * kNormThreads;
+        if (i < D) v[u] = __fadd_rn(v[u], rr[i]);
+      }
+#pragma unroll
+      for (int u = 0; u < kNormBatch; ++u) {
+        const int64_t i = i0 + u * kNormThreads;
+        if (i < D) xr[i] = v[u];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kNormBatch; ++u)
+      if (i0 + u * kNormThreads < D) s = __fmaf_rn(v[u], v[u], s);
+  }
   s = warp_sum(s);
   if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
   __syncthreads();
@@ -50,9 +81,14 @@ __global__ void __launch_bounds__(kNormThreads)
                              __fadd_rn(__fadd_rn(ws[4], ws[5]), __fadd_rn(ws[6], ws[7])));
   const float r = __fdiv_rn(
       1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(D)), eps)));
-  // In place is safe: each thread writes only the elements it read.
-  for (int64_t i = threadIdx.x; i < D; i += kNormThreads)
-    yr[i] = __fmul_rn(__fmul_rn(xr[i], r), w[i]);
+  // In place (y == x or y == residual) is safe: each thread writes only the elements it read.
+  uint16_t* tr = twin ? twin + static_cast<int64_t>(blockIdx.x) * twin_ld : nullptr;
+#pragma unroll 4
+  for (int64_t i = threadIdx.x; i < D; i += kNormThreads) {
+    const float v = __fmul_rn(__fmul_rn(xr[i], r), w[i]);
+    yr[i] = v;
+    if (tr) tr[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
 }
 static_assert(kNormThreads == 256, "the final tree above sums exactly 8 warps");
 
@@ -79,11 +115,15 @@ __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim,
 
 // ---- element-wise --------------------------------------------------------------------------------
 // swiglu: (g / (1 + det_expf(-g))) · u, the CPU's formula and exp.
-__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out) {
+// With `twin`, out is also written as bf16 rows of `cols` values, twin_ld apart (the GEMM input).
+__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out,
+                              uint16_t* twin, int64_t cols, int64_t twin_ld) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = gate[i];
-    out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, det_expf(-g))), up[i]);
+    const float v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, det_expf(-g))), up[i]);
+    out[i] = v;
+    if (twin) twin[(i / cols) * twin_ld + i % cols] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
   }
 }
 
@@ -98,6 +138,18 @@ __global__ void add_bias_kernel(float* y, int64_t rows, int64_t N, const float* 
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     y[i] = __fadd_rn(y[i], bias[i % N]);
+}
+
+__global__ void split_columns_kernel(const float* __restrict__ y, int64_t M, int64_t N,
+                                     SplitColumns parts) {
+  const int64_t n = M * N;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = idx / N, c = idx % N;
+    int i = 0;
+    while (i + 1 < parts.n && c >= parts.offset[i + 1]) ++i;
+    parts.out[i][m * parts.width[i] + (c - parts.offset[i])] = y[idx];
+  }
 }
 
 __global__ void exp_kernel(const float* __restrict__ x, int64_t n, float* __restrict__ y) {
@@ -270,11 +322,13 @@ __global__ void __launch_bounds__(32 * kAttnWarps) attention_kernel(AttentionArg
 
 }  // namespace
 
-void rmsnorm(const float* x, int64_t rows, int64_t D, const float* w, float eps, float* y,
-             cudaStream_t stream) {
+void rmsnorm(float* x, const float* residual, int64_t rows, int64_t D, const float* w, float eps,
+             float* y, uint16_t* twin, int64_t twin_ld, cudaStream_t stream) {
   if (rows <= 0 || D <= 0) return;
   DETINFER_CHECK(rows <= 0x7fffffff, "rmsnorm: ", rows, " rows is more than one launch takes");
-  rmsnorm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(x, D, w, eps, y);
+  DETINFER_CHECK(!twin || twin_ld >= D, "rmsnorm: bf16 copy rows of ", twin_ld, " < D ", D);
+  rmsnorm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(x, residual, D, w, eps,
+                                                                           y, twin, twin_ld);
   check(cudaGetLastError(), "rmsnorm launch");
 }
 
@@ -287,9 +341,13 @@ void rope(float* x, int64_t T, int n_heads, int head_dim, const int32_t* pos, co
   check(cudaGetLastError(), "rope launch");
 }
 
-void swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream) {
+void swiglu(const float* gate, const float* up, int64_t n, float* out, uint16_t* twin,
+            int64_t cols, int64_t twin_ld, cudaStream_t stream) {
   if (n <= 0) return;
-  swiglu_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(gate, up, n, out);
+  DETINFER_CHECK(!twin || (cols > 0 && n % cols == 0 && twin_ld >= cols),
+                 "swiglu: bf16 copy of rows of ", cols, " (", twin_ld, " apart) for ", n, " values");
+  swiglu_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(gate, up, n, out, twin, cols,
+                                                                twin_ld);
   check(cudaGetLastError(), "swiglu launch");
 }
 
@@ -303,6 +361,14 @@ void add_bias(float* y, int64_t rows, int64_t N, const float* bias, cudaStream_t
   if (rows <= 0 || N <= 0) return;
   add_bias_kernel<<<elementwise_blocks(rows * N), kThreads, 0, stream>>>(y, rows, N, bias);
   check(cudaGetLastError(), "add_bias launch");
+}
+
+void split_columns(const float* y, int64_t M, int64_t N, const SplitColumns& parts,
+                   cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return;
+  DETINFER_CHECK(parts.n >= 1 && parts.n <= kMaxSplit, "split_columns: ", parts.n, " parts");
+  split_columns_kernel<<<elementwise_blocks(M * N), kThreads, 0, stream>>>(y, M, N, parts);
+  check(cudaGetLastError(), "split_columns launch");
 }
 
 void exp_n(const float* x, int64_t n, float* y, cudaStream_t stream) {

@@ -37,13 +37,29 @@ void gemm_bf16(const float* x, int64_t M, const GemmWeight& w, const float* bias
 // Tests and benchmarks: false makes every M use the large-M schedule (default true).
 void set_gemm_small_m_kernel(bool enabled);
 
+// out[i][m, j] = y[m, offset[i] + j] for j < width[i]: a stacked GEMM's output split into the
+// outputs of its parts (rows of width[i] floats).
+constexpr int kMaxSplit = 4;
+struct SplitColumns {
+  int n = 0;
+  float* out[kMaxSplit] = {};
+  int64_t offset[kMaxSplit] = {}, width[kMaxSplit] = {};
+};
+void split_columns(const float* y, int64_t M, int64_t N, const SplitColumns& parts,
+                   cudaStream_t stream);
+
 // ---- row and element-wise kernels ------------------------------------------------------------------
-void rmsnorm(const float* x, int64_t rows, int64_t D, const float* w, float eps, float* y,
-             cudaStream_t stream);
+// y = rmsnorm(x) row by row. residual != null: first x += residual (stored), then the norm of
+// the sum (the same bits as add() then rmsnorm()). twin != null: y also as bf16 rows of twin_ld
+// (what round_rows_to_bf16 makes of y), so the next GEMM skips its rounding pass.
+void rmsnorm(float* x, const float* residual, int64_t rows, int64_t D, const float* w, float eps,
+             float* y, uint16_t* twin, int64_t twin_ld, cudaStream_t stream);
 // x[T, n_heads, head_dim] rotated in place; cos/sin tables [positions][head_dim/2].
 void rope(float* x, int64_t T, int n_heads, int head_dim, const int32_t* pos, const float* cos_tab,
           const float* sin_tab, cudaStream_t stream);
-void swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
+// twin != null: out also as bf16, rows of `cols` values twin_ld apart.
+void swiglu(const float* gate, const float* up, int64_t n, float* out, uint16_t* twin,
+            int64_t cols, int64_t twin_ld, cudaStream_t stream);
 void add(float* y, const float* x, int64_t n, cudaStream_t stream);
 void exp_n(const float* x, int64_t n, float* y, cudaStream_t stream);
 // `--determinism off` only (the cuBLAS path): y[r, n] += bias[n].

@@ -15,7 +15,7 @@ LOG_DIR="${LOG_DIR:-$BUILD_DIR/gpu-logs}"
 CMAKE="${CMAKE:-cmake}"
 JOBS="${JOBS:-$(nproc)}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-600}"
-TARGETS="${TARGETS:-test_cuda bench_allreduce detinfer}"
+TARGETS="${TARGETS:-test_cuda bench_allreduce bench_attention bench_sampler detinfer}"
 # Extra configure arguments, e.g. -DGTest_DIR=... where GoogleTest is not installed system-wide.
 CMAKE_ARGS="${CMAKE_ARGS:-}"
 # NVLink multicast (NCCL's NVLS) stays off everywhere: on shared hosts it can take the GPUs down.
@@ -110,6 +110,15 @@ step test_cuda "$T"
 step cuda-ops-memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$T" \
   --gtest_filter='*CudaOps*:-*VerifyCases*:*N49152*:*N1536*'
 step cli-verify-cuda "$BUILD_DIR/detinfer" verify --device cuda --quick -m "$ROOT/tests/data/models/llama"
+# Attention and the sampler: sanitizers on their kernel tests (the tests themselves ran above).
+step attention-racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$T" \
+  --gtest_filter='*AttentionKernel.MatchesFp64*'
+step attention-synccheck compute-sanitizer --tool synccheck --error-exitcode 3 "$T" \
+  --gtest_filter='*AttentionKernel.MatchesFp64*'
+step sampler-memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$T" \
+  --gtest_filter='*SamplerGpu*:-*Many*:*Long*'
+# CUDA graphs on and off through the CLI: the same digest.
+step cli-graphs-off bash -c "a=\$(DETINFER_CUDA_GRAPHS=0 '$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); b=\$('$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); echo \"graphs off \$a, on \$b\"; [ \"\$a\" = \"\$b\" ]"
 # All-reduce: one process per rank over CUDA IPC (real GPUs), then NCCL at world sizes 3, 4, 8
 # with virtual ranks (several processes per GPU), then the sanitizers on the P2P kernels.
 step allreduce-mp-world2 launch_ranks 2 "$T" --gtest_filter='AllreduceMultiProcess.*'
@@ -120,6 +129,8 @@ step allreduce-racecheck sanitize_ranks racecheck 2 "$T" --gtest_filter='Allredu
 step allreduce-synccheck sanitize_ranks synccheck 2 "$T" --gtest_filter='AllreduceMultiProcess.T8*'
 step allreduce-memcheck sanitize_ranks memcheck 2 "$T" --gtest_filter='AllreduceMultiProcess.T8*'
 if [[ "${BENCH:-0}" == 1 ]]; then
+  step attention-bench "$BUILD_DIR/bench/bench_attention"
+  step sampler-bench "$BUILD_DIR/bench/bench_sampler"
   step allreduce-bench "$B" --json "$LOG_DIR/allreduce_bench.json"
   step allreduce-plot python3 "$ROOT/scripts/plot_allreduce.py" "$LOG_DIR/allreduce_bench.json" "$LOG_DIR/allreduce_bench.png"
 fi

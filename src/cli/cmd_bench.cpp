@@ -1,6 +1,7 @@
 // detinfer bench: prefill and decode tokens/s for batch sizes 1..N on random prompts, and the
-// prefill speed of one long prompt. Times are the engine's forward passes (Engine::Stats), after a
-// warm-up that uploads the weights to a GPU; sampling and scheduling are outside them.
+// prefill speed of one long prompt. Times are the engine's steps (Engine::Stats: the forward pass
+// and the sampling of its logits; scheduling is outside), after a warm-up that uploads the
+// weights to a GPU.
 #include <sys/resource.h>
 
 #include <chrono>
@@ -133,8 +134,8 @@ void bench(const BenchCli& o) {
       std::string note = gen <= 1 ? "  (one prompt, one step)" : "";
       if (b == 1 && gen > 1 && roof.tok_s > 0)
         note = cat("  (", static_cast<int>(100.0 * dc / roof.tok_s + 0.5), "% of the roofline)");
-      std::printf("%6d %14.1f %14.1f %12.3f %10.2f %12.1f %12.1f%s\n", b, pf, dc, ms_step, wall, mem, need_mib,
-                  note.c_str());
+      std::printf("%6d %14.1f %14.1f %12.3f %10.2f %12.1f %12.1f%s\n", b, pf, dc, ms_step, wall, mem,
+                  need_mib, note.c_str());
       std::fflush(stdout);
       rows.push_back({{"batch", b}, {"prompt_len", prompt_len}, {"gen", gen}, {"prefill_tok_s", pf},
                       {"decode_tok_s", dc}, {"decode_ms_per_step", ms_step}, {"wall_s", wall},

@@ -8,10 +8,10 @@ namespace {
 enum Slot { kX, kH, kQ, kK, kV, kAttn, kGate, kUp, kRows, kLogits };
 }
 
-void llama_forward(Ops& ops, const ModelConfig& c, const ModelWeights& w, const StepBatch& batch,
-                   float* logits_host) {
+const float* llama_forward(Ops& ops, const ModelConfig& c, const ModelWeights& w,
+                           const StepBatch& batch, float* logits_host) {
   const int64_t T = batch.n_tokens();
-  if (T == 0) return;
+  if (T == 0) return nullptr;
   const int64_t D = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.d_ff;
   const int64_t L = static_cast<int64_t>(batch.logit_tokens.size());
 
@@ -69,7 +69,8 @@ void llama_forward(Ops& ops, const ModelConfig& c, const ModelWeights& w, const 
     }
     ops.end_forward();
   }
-  if (L > 0) ops.to_host(logits, L * c.vocab_size, logits_host);
+  if (L > 0 && logits_host) ops.to_host(logits, L * c.vocab_size, logits_host);
+  return logits;
 }
 
 }  // namespace detinfer

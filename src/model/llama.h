@@ -7,9 +7,10 @@
 
 namespace detinfer {
 
-// Runs the batch through the model and writes the logits of batch.logit_tokens to logits_host
-// ([logit_tokens.size(), vocab], host memory).
-void llama_forward(Ops& ops, const ModelConfig& c, const ModelWeights& w, const StepBatch& batch,
-                   float* logits_host);
+// Runs the batch through the model; the logits of batch.logit_tokens ([logit_tokens.size(),
+// vocab]) are copied to logits_host (host memory) unless it is null. Returns them in the
+// backend's memory (valid until the next step; null when no logits were asked for).
+const float* llama_forward(Ops& ops, const ModelConfig& c, const ModelWeights& w,
+                           const StepBatch& batch, float* logits_host);
 
 }  // namespace detinfer

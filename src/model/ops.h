@@ -4,8 +4,10 @@
 // passed as the loader's TensorView and each backend maps them to its own copy. No CUDA types.
 #pragma once
 #include <cstdint>
+#include <utility>
 #include <vector>
 
+#include "common/error.h"
 #include "model/config.h"
 
 namespace detinfer {
@@ -28,9 +30,28 @@ struct KvCacheShape {
   int block_size = 0;
   int n_kv_heads = 0;
   int head_dim = 0;
+  int value_bytes = 4;  // per cached value: 4 (fp32, CPU) or 2 (bf16, CUDA): Ops::kv_value_bytes()
   int64_t bytes() const {
-    return int64_t{2} * n_layers * num_blocks * block_size * n_kv_heads * head_dim * 4;
+    return int64_t{2} * n_layers * num_blocks * block_size * n_kv_heads * head_dim * value_bytes;
   }
+};
+
+// One logits row for Ops::sample_rows: a request's next token (want_token < 0) or a prompt
+// position whose logprob is wanted (want_token >= 0: nothing is drawn). The fields mean what
+// runtime/sampler.h's SamplingParams and Sampler::sample arguments mean.
+struct SampleRow {
+  float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
+  float repetition_penalty = 1.0f, frequency_penalty = 0.0f, presence_penalty = 0.0f;
+  int32_t top_k = 0, n_logprobs = 0, want_token = -1;
+  uint64_t seed = 0;
+  int64_t token_index = 0;
+  const int32_t* history = nullptr;  // prompt then generated tokens (host memory)
+  int64_t history_len = 0, n_prompt = 0;
+};
+struct SampleRowResult {
+  int32_t token = -1;
+  float logprob = 0.0f;  // raw log-softmax of token
+  std::vector<std::pair<int32_t, float>> top;  // n_logprobs best, logprob desc, ties → lower id
 };
 
 class Ops {
@@ -88,6 +109,19 @@ class Ops {
   // (before to_host). The same bits either way (promise I7).
   virtual bool replay_forward() { return false; }
   virtual void end_forward() {}
+
+  // Bytes per value of this backend's KV cache (the engine sizes the cache with it).
+  virtual int kv_value_bytes() const { return 4; }
+
+  // Sampling where the logits are. A backend that returns true from samples_on_device() gets
+  // logits_host == nullptr from llama_forward (the logits stay in its memory) and sample_rows()
+  // with them: out[r] for rows[r], bitwise what Sampler::sample (or cpu::log_softmax, for a
+  // want_token row) gives on the CPU for the same logits; throws Error where it would.
+  virtual bool samples_on_device() const { return false; }
+  virtual void sample_rows(const float* /*logits*/, int64_t /*n_rows*/, int32_t /*vocab*/,
+                           const SampleRow* /*rows*/, SampleRowResult* /*out*/) {
+    fail("the ", name(), " backend does not sample on the device");
+  }
 
  private:
   std::vector<float> host_;

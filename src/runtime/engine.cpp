@@ -62,7 +62,8 @@ Engine::Engine(const ModelConfig& config, const ModelWeights& weights, const Tok
   DETINFER_CHECK(options_.prefill_chunk >= 0, "prefill chunk must be ≥ 0");
   const int64_t blocks_per_seq = (config_.max_context + options_.block_size - 1) / options_.block_size;
   if (options_.kv_blocks == 0) {
-    const int64_t block_bytes = int64_t{2} * config_.n_layers * options_.block_size * config_.kv_dim() * 4;
+    const int64_t block_bytes =
+        int64_t{2} * config_.n_layers * options_.block_size * config_.kv_dim() * ops_.kv_value_bytes();
     options_.kv_blocks = std::max<int64_t>(
         1, std::min(blocks_per_seq * options_.max_seqs, options_.kv_bytes_default / block_bytes));
   }
@@ -72,6 +73,7 @@ Engine::Engine(const ModelConfig& config, const ModelWeights& weights, const Tok
   kv.block_size = options_.block_size;
   kv.n_kv_heads = config_.n_kv_heads;
   kv.head_dim = config_.head_dim;
+  kv.value_bytes = ops_.kv_value_bytes();
   pool_ = std::make_unique<KvBlockPool>(kv.num_blocks, kv.block_size, options_.prefix_cache);
   ops_.init(config_, kv);
   logprob_row_.resize(config_.vocab_size);
@@ -80,7 +82,8 @@ Engine::Engine(const ModelConfig& config, const ModelWeights& weights, const Tok
 Engine::~Engine() = default;
 
 int64_t Engine::kv_bytes() const {
-  return int64_t{2} * config_.n_layers * options_.kv_blocks * options_.block_size * config_.kv_dim() * 4;
+  return int64_t{2} * config_.n_layers * options_.kv_blocks * options_.block_size * config_.kv_dim() *
+         ops_.kv_value_bytes();
 }
 
 RequestId Engine::submit(Request request, TokenCallback on_token) {
@@ -169,11 +172,30 @@ void Engine::finish(Seq& s, FinishReason why) {
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), &s), waiting_.end());
 }
 
+SampleRow Engine::sample_row(const Seq& s) const {
+  const SamplingParams& p = s.req->request.params;
+  SampleRow row;
+  row.temperature = p.temperature, row.top_p = p.top_p, row.min_p = p.min_p;
+  row.repetition_penalty = p.repetition_penalty;
+  row.frequency_penalty = p.frequency_penalty, row.presence_penalty = p.presence_penalty;
+  row.top_k = p.top_k, row.n_logprobs = p.logprobs;
+  row.seed = s.seed;
+  row.token_index = static_cast<int64_t>(s.tokens.size()) - s.n_prompt;
+  row.history = s.tokens.data();
+  row.history_len = static_cast<int64_t>(s.tokens.size());
+  row.n_prompt = s.n_prompt;
+  return row;
+}
+
 void Engine::on_logits(Seq& s, const float* logits) {
   const SamplingParams& p = s.req->request.params;
   const int64_t index = static_cast<int64_t>(s.tokens.size()) - s.n_prompt;
-  SampleResult r = sampler_.sample(logits, config_.vocab_size, p, s.seed, index, s.tokens,
-                                   static_cast<size_t>(s.n_prompt));
+  on_sample(s, sampler_.sample(logits, config_.vocab_size, p, s.seed, index, s.tokens,
+                               static_cast<size_t>(s.n_prompt)));
+}
+
+void Engine::on_sample(Seq& s, SampleResult r) {
+  const SamplingParams& p = s.req->request.params;
   s.tokens.push_back(r.token);
   Completion& c = s.out();
   c.tokens.push_back(r.token);
@@ -267,17 +289,38 @@ bool Engine::step() {
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  // The backend's host buffer: pinned memory on a GPU, where copies into it are fastest.
-  float* logits = ops_.host_buffer(static_cast<int64_t>(b.logit_tokens.size()) * config_.vocab_size);
-  llama_forward(ops_, config_, weights_, b, logits);
+  const int64_t V = config_.vocab_size;
+  // On a backend that samples where the logits are, they stay there; otherwise they come to the
+  // backend's host buffer (pinned memory on a GPU, where copies into it are fastest).
+  const bool on_device = ops_.samples_on_device();
+  float* logits =
+      on_device ? nullptr : ops_.host_buffer(static_cast<int64_t>(b.logit_tokens.size()) * V);
+  const float* device_logits = llama_forward(ops_, config_, weights_, b, logits);
   const auto t1 = std::chrono::steady_clock::now();
-  const double secs = std::chrono::duration<double>(t1 - t0).count();
   ++stats_.steps;
   stats_.prefill_tokens += prefill_tokens;
   stats_.decode_tokens += b.n_tokens() - prefill_tokens;
-  (prefill_tokens > 0 ? stats_.prefill_seconds : stats_.decode_seconds) += secs;
 
-  const int64_t V = config_.vocab_size;
+  if (on_device && !b.logit_tokens.empty()) {
+    // One row per logit token, in the order the loop below reads them.
+    std::vector<SampleRow>& rows = sample_rows_;
+    rows.clear();
+    for (const Part& part : parts) {
+      const Seq& s = *part.s;
+      if (s.req->request.prompt_logprobs)
+        for (int64_t p = part.begin; p < part.end && p + 1 < s.n_prompt; ++p) {
+          SampleRow r;
+          r.want_token = s.tokens[p + 1];
+          rows.push_back(r);
+        }
+      if (part.end == static_cast<int64_t>(s.tokens.size())) rows.push_back(sample_row(s));
+    }
+    DETINFER_CHECK(rows.size() == b.logit_tokens.size(), "engine: ", rows.size(),
+                   " sampling rows for ", b.logit_tokens.size(), " logit rows");
+    samples_.resize(rows.size());
+    ops_.sample_rows(device_logits, static_cast<int64_t>(rows.size()), static_cast<int32_t>(V),
+                     rows.data(), samples_.data());
+  }
   for (const Part& part : parts) {
     Seq& s = *part.s;
     s.n_computed = part.end;
@@ -289,14 +332,31 @@ bool Engine::step() {
     size_t row = part.first_logit;
     if (s.req->request.prompt_logprobs) {
       for (int64_t p = part.begin; p < part.end && p + 1 < s.n_prompt; ++p, ++row) {
+        if (on_device) {
+          s.req->result.prompt_logprobs[p + 1] = samples_[row].logprob;
+          continue;
+        }
         cpu::log_softmax(logits + row * V, V, logprob_row_.data());
         s.req->result.prompt_logprobs[p + 1] = logprob_row_[s.tokens[p + 1]];
       }
     }
-    if (part.end == static_cast<int64_t>(s.tokens.size())) on_logits(s, logits + row * V);
+    if (part.end == static_cast<int64_t>(s.tokens.size())) {
+      if (!on_device) {
+        on_logits(s, logits + row * V);
+        continue;
+      }
+      SampleRowResult& d = samples_[row];
+      SampleResult r;
+      r.token = d.token;
+      r.logprob = d.logprob;
+      for (const auto& [t, lp] : d.top) r.top.push_back(TokenLogprob{t, lp});
+      on_sample(s, std::move(r));
+    }
   }
-  stats_.sample_seconds +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  const auto t2 = std::chrono::steady_clock::now();
+  stats_.sample_seconds += std::chrono::duration<double>(t2 - t1).count();
+  (prefill_tokens > 0 ? stats_.prefill_seconds : stats_.decode_seconds) +=
+      std::chrono::duration<double>(t2 - t0).count();
   return true;
 }
 

@@ -80,8 +80,10 @@ class Engine {
   int64_t kv_bytes() const;
   struct Stats {
     int64_t steps = 0, prefill_tokens = 0, decode_tokens = 0;
-    double prefill_seconds = 0, decode_seconds = 0;  // forward passes of steps with/without prefill tokens
-    double sample_seconds = 0;  // after the forward passes: sampling, logprobs, stop checks
+    // Steps with / without prefill tokens: the forward pass, then sampling, logprobs and stop
+    // checks. sample_seconds: from the forward call's return to the step's end (where the
+    // backend samples on the device, that includes waiting for the forward pass to finish).
+    double prefill_seconds = 0, decode_seconds = 0, sample_seconds = 0;
   };
   const Stats& stats() const { return stats_; }
 
@@ -91,7 +93,9 @@ class Engine {
   bool admit(Seq& s);
   void finish(Seq& s, FinishReason why);
   void release_blocks(Seq& s);
-  void on_logits(Seq& s, const float* logits);
+  void on_logits(Seq& s, const float* logits);  // samples on the CPU, then on_sample
+  void on_sample(Seq& s, SampleResult r);
+  SampleRow sample_row(const Seq& s) const;
 
   ModelConfig config_;
   const ModelWeights& weights_;
@@ -104,6 +108,8 @@ class Engine {
   std::vector<Seq*> waiting_, running_;
   Stats stats_;
   std::vector<float> logprob_row_;
+  std::vector<SampleRow> sample_rows_;         // a step's rows, when the backend samples
+  std::vector<SampleRowResult> samples_;
   StepBatch batch_;
 };
 

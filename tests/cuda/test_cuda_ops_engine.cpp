@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 
 #include "common/paths.h"
 #include "cuda_ops_test_util.h"
@@ -125,45 +126,77 @@ TEST_P(CudaOpsEngine, LogitsAreCloseToCpu) {
   EXPECT_LT(d.max_abs, 0.05 * d.max_ref);
 }
 
-// T7 (CUDA graphs on/off): the same requests, greedy and sampled, through the Engine with every
-// decode step replayed from a recording, and with every op launched one by one: the same bits.
+// Six requests (greedy and sampled, with penalties, top logprobs and prompt logprobs) through the
+// Engine on a CudaOps set up by `configure`; max_seqs 4, so requests join as others finish and
+// decode steps of several batch sizes repeat.
+std::vector<RequestResult> run_engine(const LoadedModel& m, const std::function<void(CudaOps&)>& configure,
+                                      int64_t* graph_replays = nullptr) {
+  std::vector<Request> rs;
+  for (int i = 0; i < 6; ++i) {
+    Request r;
+    r.prompt = random_prompt(5 + 9 * i, m.config.vocab_size, 20 + i);
+    r.params.max_tokens = 12 + i;
+    r.params.ignore_eos = true;
+    r.params.logprobs = i % 3 == 0 ? 5 : 0;
+    r.prompt_logprobs = i == 2;
+    if (i % 2) r.params.temperature = 0.8f, r.params.top_p = 0.9f, r.params.seed = 7 + i;
+    if (i == 3) r.params.repetition_penalty = 1.3f, r.params.frequency_penalty = 0.5f, r.params.top_k = 20;
+    rs.push_back(std::move(r));
+  }
+  CudaOps ops(0);
+  configure(ops);
+  EngineOptions eo;
+  eo.max_seqs = 4;
+  Engine engine(m.config, m.weights, nullptr, ops, eo);
+  std::vector<RequestResult> out = engine.generate(std::move(rs));
+  if (graph_replays) *graph_replays = ops.graph_replays();
+  return out;
+}
+
+void expect_same_bits(const std::vector<RequestResult>& a, const std::vector<RequestResult>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  auto same_floats = [](const std::vector<float>& x, const std::vector<float>& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+  };
+  for (size_t i = 0; i < a.size(); ++i) {
+    const Completion& ca = a[i].completions.at(0);
+    const Completion& cb = b[i].completions.at(0);
+    EXPECT_EQ(ca.tokens, cb.tokens) << "request " << i;
+    EXPECT_TRUE(same_floats(ca.logprobs, cb.logprobs)) << "request " << i << ": logprobs differ";
+    EXPECT_TRUE(same_floats(a[i].prompt_logprobs, b[i].prompt_logprobs)) << "request " << i << ": prompt logprobs";
+    ASSERT_EQ(ca.top_logprobs.size(), cb.top_logprobs.size()) << "request " << i;
+    for (size_t t = 0; t < ca.top_logprobs.size(); ++t) {
+      ASSERT_EQ(ca.top_logprobs[t].size(), cb.top_logprobs[t].size());
+      for (size_t k = 0; k < ca.top_logprobs[t].size(); ++k) {
+        EXPECT_EQ(ca.top_logprobs[t][k].token, cb.top_logprobs[t][k].token) << "request " << i;
+        EXPECT_EQ(0, std::memcmp(&ca.top_logprobs[t][k].logprob, &cb.top_logprobs[t][k].logprob, sizeof(float)))
+            << "request " << i << " token " << t << " top " << k;
+      }
+    }
+  }
+}
+
+// T7 (CUDA graphs on/off): every decode step replayed from a recording vs every op launched one
+// by one: the same bits.
 TEST_P(CudaOpsEngine, GraphsOnAndOffGiveTheSameBits) {
   CUDA_OPS_REQUIRE_GPU();
   LoadedModel m = load_model(model_path(GetParam()));
-  auto requests = [&] {
-    std::vector<Request> rs;
-    for (int i = 0; i < 6; ++i) {
-      Request r;
-      r.prompt = random_prompt(5 + 9 * i, m.config.vocab_size, 20 + i);
-      r.params.max_tokens = 12 + i;
-      r.params.ignore_eos = true;
-      if (i % 2) r.params.temperature = 0.8f, r.params.top_p = 0.9f, r.params.seed = 7 + i;
-      rs.push_back(std::move(r));
-    }
-    return rs;
-  };
-  std::vector<RequestResult> out[2];
-  int64_t replays[2] = {0, 0};
-  for (int graphs = 0; graphs < 2; ++graphs) {
-    CudaOps ops(0);
-    ops.set_cuda_graphs(graphs == 1);
-    EngineOptions eo;
-    eo.max_seqs = 4;  // requests join as others finish: decode steps of several batch sizes
-    Engine engine(m.config, m.weights, nullptr, ops, eo);
-    out[graphs] = engine.generate(requests());
-    replays[graphs] = ops.graph_replays();
-  }
-  EXPECT_EQ(replays[0], 0);
-  EXPECT_GT(replays[1], 10) << "decode steps were not replayed from CUDA graphs";
-  ASSERT_EQ(out[0].size(), out[1].size());
-  for (size_t i = 0; i < out[0].size(); ++i) {
-    const Completion& a = out[0][i].completions.at(0);
-    const Completion& b = out[1][i].completions.at(0);
-    EXPECT_EQ(a.tokens, b.tokens) << "request " << i;
-    ASSERT_EQ(a.logprobs.size(), b.logprobs.size()) << "request " << i;
-    EXPECT_EQ(0, std::memcmp(a.logprobs.data(), b.logprobs.data(), a.logprobs.size() * sizeof(float)))
-        << "request " << i << ": logprobs differ";
-  }
+  int64_t replays_off = 0, replays_on = 0;
+  const auto off = run_engine(m, [](CudaOps& o) { o.set_cuda_graphs(false); }, &replays_off);
+  const auto on = run_engine(m, [](CudaOps& o) { o.set_cuda_graphs(true); }, &replays_on);
+  EXPECT_EQ(replays_off, 0);
+  EXPECT_GT(replays_on, 10) << "decode steps were not replayed from CUDA graphs";
+  expect_same_bits(off, on);
+}
+
+// Sampling on the GPU (sampler.cu) vs the CPU sampler on the same logits (copied to the host):
+// the same tokens, logprobs, top logprobs and prompt logprobs, bit for bit.
+TEST_P(CudaOpsEngine, GpuSamplingGivesTheCpuSamplersBits) {
+  CUDA_OPS_REQUIRE_GPU();
+  LoadedModel m = load_model(model_path(GetParam()));
+  const auto cpu = run_engine(m, [](CudaOps& o) { o.set_device_sampling(false); });
+  const auto gpu = run_engine(m, [](CudaOps& o) { o.set_device_sampling(true); });
+  expect_same_bits(cpu, gpu);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaOpsEngine,

@@ -92,9 +92,9 @@ void swiglu(ThreadPool& pool, const float* gate, const float* up, int64_t n, flo
 // y[i] += x[i]
 void add_inplace(float* y, const float* x, int64_t n);
 
-// out[v] = logits[v] - logsumexp(logits) for one row; fixed reduction order over V:
-// mx = max in the lane layout (lane max = maxps(lane, x)), sum = canonical sum of
-// det_expf(x_v - mx), out[v] = (x_v - mx) - det_logf(sum). out may alias logits.
+// out[v] = logits[v] - logsumexp(logits) for one row, in the fixed order that softmax.cpp's
+// header gives (4096 lanes, then a balanced tree), which the GPU sampler reproduces bit for bit.
+// out may alias logits.
 void log_softmax(const float* logits, int64_t V, float* out);
 
 // exp with a fixed polynomial and op order: identical on every x86-64 CPU and in every kernel

@@ -22,8 +22,10 @@
 #include "common/error.h"
 #include "common/half.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/gemm_wgmma.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/sampler.h"
 
 namespace detinfer {
 
@@ -65,7 +67,7 @@ class DeviceBuffer {
       const double gib = 1024.0 * 1024.0 * 1024.0;
       fail("CUDA: out of GPU memory: ", what, " needs ", fixed(n / gib, 2), " GiB, ",
            fixed(free_b / gib, 2), " GiB of ", fixed(total_b / gib, 2), " GiB are free (",
-           cudaGetErrorString(err), "). The bf16 weights and the fp32 KV cache must fit: use a "
+           cudaGetErrorString(err), "). The bf16 weights and the bf16 KV cache must fit: use a "
            "smaller KV cache (run/chat: --kv-mb), fewer or shorter sequences, a smaller model, "
            "or --device cpu");
     }
@@ -96,8 +98,11 @@ struct Signature {
 };
 
 // Offsets (in int32) of the step's arrays inside the metadata buffer.
+// The attention work list sits before the tables: its offset and length depend only on the
+// step's shape (tokens, logit rows, work items), so a recorded step finds it where it was.
 struct StepLayout {
-  int64_t tokens = 0, pos = 0, slots = 0, table_off = 0, logit_rows = 0, tables = 0, total = 0;
+  int64_t tokens = 0, pos = 0, slots = 0, table_off = 0, logit_rows = 0, attn = 0, tables = 0,
+          total = 0;
 };
 
 }  // namespace
@@ -117,7 +122,20 @@ struct CudaOps::Impl {
   ModelConfig config;
   KvCacheShape kv;
   bool initialized = false;
-  DeviceBuffer k_cache, v_cache;  // all layers: [n_layers][num_blocks][block_size][kv_dim]
+  // bf16 bits, all layers: [n_layers][num_blocks][block_size][kv_dim] (attention.h).
+  DeviceBuffer k_cache, v_cache;
+  cuda::AttentionPlan attn_plan;  // this step's (begin_step)
+  DeviceBuffer attn_workspace;    // split partials of decode rows
+
+  // Sampling on the device (Ops::sample_rows): parameters, histories and results through one
+  // pinned staging area each way. DETINFER_GPU_SAMPLING=0 leaves sampling to the CPU.
+  bool device_sampling = true;
+  bool sampling_supported = true;
+  DeviceBuffer sample_params, sample_history, sample_workspace, sample_results;
+  std::vector<cuda::SampleRowParams> sample_params_host;
+  std::vector<int32_t> sample_history_host;
+  cuda::SampleRowResult* sample_results_pinned = nullptr;
+  int64_t sample_results_cap = 0;
 
   // RoPE: inv_freq as the CPU computes it, and cos/sin tables for positions [0, rope_rows)
   // filled on the host with the CPU's formula, grown when a step needs a later position.
@@ -157,11 +175,11 @@ struct CudaOps::Impl {
     cudaGraphExec_t exec = nullptr;
     uint64_t generation = 0;
   };
-  using GraphKey = std::pair<int64_t, int64_t>;
+  using GraphKey = std::vector<int64_t>;  // tokens, logit rows, the attention plan's counts
   std::map<GraphKey, StepGraph> step_graphs;
   std::map<GraphKey, int> shapes_seen;
   bool capturing = false;
-  GraphKey capture_key{0, 0};
+  GraphKey capture_key;
   void drop_graphs() {
     for (auto& [key, g] : step_graphs) cudaGraphExecDestroy(g.exec);
     step_graphs.clear();
@@ -240,14 +258,14 @@ struct CudaOps::Impl {
   };
   // Weights of one input (q/k/v, gate/up) stacked into one GEMM; the output is split after.
   struct Stack {
-    std::vector<Signature> sigs;
+    std::vector<Signature> sigs, bias_sigs;
     DeviceBuffer data, bias;
     cuda::GemmWeight view;
     std::vector<int64_t> offsets, widths;
   };
   // Uploads keyed by TensorView::data.
   std::unordered_map<const void*, Matrix> matrices;  // matmul weights, bf16 padded
-  std::map<std::vector<const void*>, Stack> stacks;    // keyed by the parts' data
+  std::map<std::vector<const void*>, Stack> stacks;    // keyed by the parts' and biases' data
   std::unordered_map<const void*, Raw> raw_tables;   // embedding tables, as stored
   std::unordered_map<const void*, Vector> vectors;   // norms and biases, fp32
 
@@ -372,12 +390,15 @@ const cuda::GemmWeight& CudaOps::Impl::matrix(const TensorView& w) {
 
 const CudaOps::Impl::Stack& CudaOps::Impl::stack(int n, const TensorView* const* ws,
                                                  const TensorView* const* biases) {
-  std::vector<const void*> key;
+  std::vector<const void*> key;  // the weights, then the biases (null where none)
   for (int i = 0; i < n; ++i) key.push_back(ws[i]->data);
+  for (int i = 0; i < n; ++i) key.push_back(biases[i] ? biases[i]->data : nullptr);
   auto it = stacks.find(key);
   if (it != stacks.end()) {
     bool same = true;
     for (int i = 0; i < n; ++i) same = same && it->second.sigs[i].matches(*ws[i]);
+    for (int i = 0; i < n; ++i)
+      same = same && (!biases[i] || it->second.bias_sigs[i].matches(*biases[i]));
     if (same) return it->second;
     sync();
     stacks.erase(it);
@@ -390,6 +411,7 @@ const CudaOps::Impl::Stack& CudaOps::Impl::stack(int n, const TensorView* const*
   std::vector<float> bias;
   for (int i = 0; i < n; ++i) {
     st.sigs.emplace_back(*ws[i]);
+    st.bias_sigs.push_back(biases[i] ? Signature(*biases[i]) : Signature(*ws[i]));
     st.offsets.push_back(off);
     st.widths.push_back(ws[i]->rows());
     if (biases[i]) {
@@ -533,12 +555,17 @@ CudaOps::CudaOps(int device, bool deterministic) : impl_(std::make_unique<Impl>(
     impl_->profile = prof && *prof && std::string(prof) != "0";
     const char* g = std::getenv("DETINFER_CUDA_GRAPHS");
     impl_->graphs = !impl_->profile && !(g && std::string(g) == "0");
+    const char* gs = std::getenv("DETINFER_GPU_SAMPLING");
+    impl_->device_sampling = !(gs && std::string(gs) == "0");
   }
   {
     cudaDeviceProp p{};
     check(cudaGetDeviceProperties(&p, device), "device properties");
     const char* force = std::getenv("DETINFER_GEMM");  // "mma": the portable kernel (tests)
     impl_->hopper = p.major == 9 && p.minor == 0 && !(force && std::string(force) == "mma");
+    // The sampler's row kernel runs as thread-block clusters (sm_90 and later).
+    impl_->sampling_supported = p.major >= 9;
+    if (!impl_->sampling_supported) impl_->device_sampling = false;
   }
   impl_->twins = impl_->hopper || !deterministic;
   if (!deterministic) {
@@ -571,6 +598,7 @@ CudaOps::~CudaOps() {
   }
   impl_->drop_graphs();
   if (impl_->pinned_host) cudaFreeHost(impl_->pinned_host);
+  if (impl_->sample_results_pinned) cudaFreeHost(impl_->sample_results_pinned);
   if (impl_->meta_pinned) cudaFreeHost(impl_->meta_pinned);
   if (impl_->meta_copied) cudaEventDestroy(impl_->meta_copied);
   if (impl_->blas) cublasDestroy(impl_->blas);
@@ -665,7 +693,9 @@ void CudaOps::init(const ModelConfig& config, const KvCacheShape& kv) {
   s.sin_host.clear();
   s.rope_rows = 0;
   s.ensure_rope_rows(1);
-  const int64_t cache_bytes = kv.bytes() / 2;  // each of K and V
+  KvCacheShape bf16 = kv;
+  bf16.value_bytes = 2;
+  const int64_t cache_bytes = bf16.bytes() / 2;  // each of K and V
   s.k_cache.allocate(cache_bytes, "the K cache");
   s.v_cache.allocate(cache_bytes, "the V cache");
   check(cudaMemsetAsync(s.k_cache.as<void>(), 0, s.k_cache.bytes(), s.stream), "cache clear");
@@ -715,8 +745,12 @@ void CudaOps::begin_step(const StepBatch& batch) {
     top = std::max(top, p);
   }
   StepLayout& lay = s.layout;
+  s.attn_plan = cuda::plan_attention(batch.pos.data(), batch.seq.data(), T, s.config.n_heads,
+                                     s.kv.n_kv_heads, s.kv.head_dim);
+  const int64_t n_work = static_cast<int64_t>(s.attn_plan.work.size());
   lay.tokens = 0, lay.pos = T, lay.slots = 2 * T, lay.table_off = 3 * T, lay.logit_rows = 4 * T;
-  lay.tables = 4 * T + L;
+  lay.attn = 4 * T + L;
+  lay.tables = lay.attn + n_work;
   std::vector<int64_t> seq_off(static_cast<size_t>(S), 0);
   int64_t n_tables = 0;
   for (int64_t q = 0; q < S; ++q) {
@@ -757,6 +791,8 @@ void CudaOps::begin_step(const StepBatch& batch) {
     m[lay.table_off + t] = static_cast<int32_t>(lay.tables + seq_off[q]);
   }
   for (int64_t i = 0; i < L; ++i) m[lay.logit_rows + i] = batch.logit_tokens[i];
+  if (n_work > 0)
+    std::memcpy(m + lay.attn, s.attn_plan.work.data(), static_cast<size_t>(n_work) * sizeof(int32_t));
   for (int64_t q = 0; q < S; ++q)
     if (max_pos[q] >= 0)
       std::memcpy(m + lay.tables + seq_off[q], batch.block_tables[q].data(),
@@ -766,6 +802,12 @@ void CudaOps::begin_step(const StepBatch& batch) {
     s.sync();
     ++s.generation;
     s.meta_dev.allocate(std::max(bytes, 2 * s.meta_dev.bytes()), "step metadata");
+  }
+  const int64_t ws_bytes = s.attn_plan.workspace_floats * static_cast<int64_t>(sizeof(float));
+  if (s.attn_workspace.bytes() < ws_bytes) {
+    s.sync();
+    ++s.generation;
+    s.attn_workspace.allocate(std::max(ws_bytes, 2 * s.attn_workspace.bytes()), "attention partials");
   }
   check(cudaMemcpyAsync(s.meta_dev.as<void>(), m, lay.total * sizeof(int32_t),
                         cudaMemcpyHostToDevice, s.stream),
@@ -781,7 +823,7 @@ void CudaOps::begin_step(const StepBatch& batch) {
   if (s.profile) {
     double positions = 0;
     for (int64_t q = 0; q < S; ++q) positions += max_pos[q] + 1;
-    s.attn_kv_bytes = positions * 2.0 * s.kv.n_kv_heads * s.kv.head_dim * sizeof(float);
+    s.attn_kv_bytes = positions * 2.0 * s.kv.n_kv_heads * s.kv.head_dim * sizeof(uint16_t);
   }
 }
 
@@ -789,7 +831,8 @@ bool CudaOps::replay_forward() {
   Impl& s = *impl_;
   s.require_step("replay_forward");
   if (!s.graphs || s.T > Impl::kGraphMaxTokens) return false;
-  const Impl::GraphKey key{s.T, s.L};
+  const cuda::AttentionPlan& ap = s.attn_plan;
+  const Impl::GraphKey key{s.T, s.L, ap.n_small, ap.n_large, ap.n_merge, ap.n_simple};
   auto it = s.step_graphs.find(key);
   if (it != s.step_graphs.end()) {
     if (it->second.generation == s.generation) {
@@ -983,22 +1026,21 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
   s.forget_twin();
   const int64_t row = static_cast<int64_t>(s.kv.n_kv_heads) * s.kv.head_dim;
   const int64_t per_layer = s.kv.num_blocks * s.kv.block_size * row;
-  float* kc = s.k_cache.as<float>() + layer * per_layer;
-  float* vc = s.v_cache.as<float>() + layer * per_layer;
+  uint16_t* kc = s.k_cache.as<uint16_t>() + layer * per_layer;
+  uint16_t* vc = s.v_cache.as<uint16_t>() + layer * per_layer;
   DETINFER_PROFILE_OP(s, "attention T=" + std::to_string(s.T),
                       s.attn_kv_bytes + 8.0 * s.T * s.config.q_dim(), 0);
   // New K/V go into the cache first; cached and new positions then go through the same loop.
-  cuda::kv_write(kc, vc, k, v, s.T, row, s.meta(s.layout.slots), s.stream);
-  cuda::AttentionArgs a;
+  cuda::kv_write_bf16(kc, vc, k, v, s.T, row, s.meta(s.layout.slots), s.stream);
+  cuda::PagedAttentionArgs a;
   a.q = q, a.out = out, a.k_cache = kc, a.v_cache = vc;
   a.pos = s.meta(s.layout.pos);
   a.table_off = s.meta(s.layout.table_off);
   a.tables = s.meta(0);
-  a.T = s.T;
-  a.n_heads = s.config.n_heads, a.n_kv_heads = s.kv.n_kv_heads, a.head_dim = s.kv.head_dim;
   a.block_size = s.kv.block_size;
   a.scale = 1.0f / std::sqrt(static_cast<float>(s.config.head_dim));  // as CpuOps
-  cuda::attention(a, s.stream);
+  cuda::attention_paged(a, s.attn_plan, s.meta(s.layout.attn), s.attn_workspace.as<float>(),
+                        s.stream);
 }
 
 void CudaOps::swiglu(const float* gate, const float* up, int64_t n, float* out) {
@@ -1054,6 +1096,103 @@ void CudaOps::from_host(const float* src, int64_t n, float* dst) {
   check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, s.stream),
         "copy to device");
   s.sync();
+}
+
+bool CudaOps::samples_on_device() const { return impl_->device_sampling; }
+void CudaOps::set_device_sampling(bool enabled) {
+  impl_->device_sampling = enabled && impl_->sampling_supported;
+}
+
+void CudaOps::sample_rows(const float* logits, int64_t n_rows, int32_t vocab, const SampleRow* rows,
+                          SampleRowResult* out) {
+  Impl& s = *impl_;
+  if (n_rows <= 0) return;
+  s.set_device();
+  s.forget_twin();
+  // Parameters, and the histories of the rows whose penalties read them.
+  s.sample_params_host.assign(static_cast<size_t>(n_rows), cuda::SampleRowParams{});
+  s.sample_history_host.clear();
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const SampleRow& in = rows[r];
+    cuda::SampleRowParams& p = s.sample_params_host[r];
+    p.temperature = in.temperature, p.top_p = in.top_p, p.min_p = in.min_p;
+    p.repetition_penalty = in.repetition_penalty;
+    p.frequency_penalty = in.frequency_penalty, p.presence_penalty = in.presence_penalty;
+    p.top_k = in.top_k, p.n_logprobs = in.n_logprobs, p.want_token = in.want_token;
+    p.seed = in.seed, p.token_index = in.token_index;
+    const bool penalties = in.repetition_penalty != 1.0f || in.frequency_penalty != 0.0f ||
+                           in.presence_penalty != 0.0f;
+    if (in.want_token < 0 && penalties && in.history_len > 0) {
+      p.history_offset = static_cast<int64_t>(s.sample_history_host.size());
+      p.history_len = in.history_len;
+      p.n_prompt = static_cast<int32_t>(in.n_prompt);
+      s.sample_history_host.insert(s.sample_history_host.end(), in.history, in.history + in.history_len);
+    }
+  }
+  auto grow = [&](DeviceBuffer& b, int64_t bytes, const char* what) {
+    if (b.bytes() < bytes) {
+      s.sync();
+      ++s.generation;
+      b.allocate(std::max(bytes, 2 * b.bytes()), what);
+    }
+  };
+  const int64_t params_bytes = n_rows * static_cast<int64_t>(sizeof(cuda::SampleRowParams));
+  const int64_t history_bytes = static_cast<int64_t>(s.sample_history_host.size() * sizeof(int32_t));
+  const int64_t ws_bytes = static_cast<int64_t>(cuda::sample_workspace_bytes(n_rows, vocab));
+  const int64_t results_bytes = n_rows * static_cast<int64_t>(sizeof(cuda::SampleRowResult));
+  grow(s.sample_params, params_bytes, "sampling parameters");
+  grow(s.sample_history, history_bytes, "sampling histories");
+  grow(s.sample_workspace, ws_bytes, "the sampling workspace");
+  grow(s.sample_results, results_bytes, "sampling results");
+  if (s.sample_results_cap < n_rows) {
+    s.sync();
+    if (s.sample_results_pinned) cudaFreeHost(s.sample_results_pinned);
+    s.sample_results_pinned = nullptr;
+    void* p = nullptr;
+    const int64_t want = std::max<int64_t>(n_rows, 2 * s.sample_results_cap);
+    check(cudaMallocHost(&p, static_cast<size_t>(want) * sizeof(cuda::SampleRowResult)), "pinned results");
+    s.sample_results_pinned = static_cast<cuda::SampleRowResult*>(p);
+    s.sample_results_cap = want;
+  }
+  check(cudaMemcpyAsync(s.sample_params.as<void>(), s.sample_params_host.data(), params_bytes,
+                        cudaMemcpyHostToDevice, s.stream), "sampling upload");
+  if (history_bytes > 0)
+    check(cudaMemcpyAsync(s.sample_history.as<void>(), s.sample_history_host.data(), history_bytes,
+                          cudaMemcpyHostToDevice, s.stream), "sampling upload");
+  {
+    DETINFER_PROFILE_OP(s, "sample rows=" + std::to_string(n_rows), 4.0 * n_rows * vocab, 0);
+    cuda::sample_rows(logits, vocab, n_rows, vocab, s.sample_params.as<cuda::SampleRowParams>(),
+                      history_bytes > 0 ? s.sample_history.as<int32_t>() : nullptr,
+                      s.sample_workspace.as<void>(), static_cast<size_t>(s.sample_workspace.bytes()),
+                      s.sample_results.as<cuda::SampleRowResult>(), s.stream);
+  }
+  check(cudaMemcpyAsync(s.sample_results_pinned, s.sample_results.as<void>(), results_bytes,
+                        cudaMemcpyDeviceToHost, s.stream), "sampling results");
+  s.sync();  // (the pageable uploads above are also complete once this returns)
+  if (s.profile) s.prof_collect();
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const cuda::SampleRowResult& d = s.sample_results_pinned[r];
+    switch (d.status) {
+      case cuda::kSampleOk: break;
+      case cuda::kSampleNonFiniteLogit: {
+        float v = 0;
+        check(cudaMemcpy(&v, logits + r * vocab + d.detail, sizeof v, cudaMemcpyDeviceToHost), "copy");
+        fail("sampler: logit of token ", d.detail, " is ", v, " (the model produced a non-finite value)");
+      }
+      case cuda::kSampleNoFiniteLogit: fail("sampler: every logit is -inf; no token can be chosen");
+      case cuda::kSampleBadHistory:
+        fail("sampler: a history token is outside the vocabulary of ", vocab, " (history index ",
+             d.detail, ")");
+      case cuda::kSampleBadWantToken:
+        fail("sampler: token ", rows[r].want_token, " is outside the vocabulary of ", vocab);
+      default: fail("sampler: parameters of row ", r, " are out of range (status ", d.status, ")");
+    }
+    SampleRowResult& o = out[r];
+    o.token = d.token;
+    o.logprob = d.logprob;
+    o.top.clear();
+    for (int i = 0; i < d.n_top; ++i) o.top.emplace_back(d.top_token[i], d.top_logprob[i]);
+  }
 }
 
 void CudaOps::set_cuda_graphs(bool enabled) {

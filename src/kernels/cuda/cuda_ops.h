@@ -10,7 +10,7 @@
 //     nearest even, f32_to_bf16), stored [N, K] padded with zeros to the GEMM's tile multiples;
 //   - embedding tables: the stored bytes, dequantized on the device exactly as dequantize_row();
 //   - norm weights and biases: fp32.
-// Activations and the KV cache are fp32.
+// Activations are fp32; the KV cache is bf16 (attention.h).
 //
 // This header has no CUDA types (opaque implementation), so host-only code can include it.
 #pragma once
@@ -74,6 +74,12 @@ class CudaOps final : public Ops {
   bool replay_forward() override;
   void end_forward() override;
   void set_cuda_graphs(bool enabled);
+  int kv_value_bytes() const override { return 2; }  // bf16 KV cache
+  // Sampling on the GPU (the CPU sampler's bits; off with DETINFER_GPU_SAMPLING=0).
+  bool samples_on_device() const override;
+  void set_device_sampling(bool enabled);
+  void sample_rows(const float* logits, int64_t n_rows, int32_t vocab, const SampleRow* rows,
+                   SampleRowResult* out) override;
   bool cuda_graphs() const;
   int64_t graph_replays() const;  // steps replayed from a recording so far
 

@@ -1,0 +1,859 @@
+// Tensor-core paged attention over a bf16 KV cache (interface and contract: attention.h).
+//
+// Rows and CTAs. A row is one (token, query head). A CTA takes up to 64 rows (16 per warp, the M
+// of mma.sync m16n8k16) of ONE run of consecutive tokens of a sequence that share one kv head:
+// the group's query heads × one or more tokens. Items of up to 16 rows (decode) run in CTAs of
+// four warps that share those rows (SH below) and split P·V by head_dim columns. Every element of an mma depends only on its own
+// row of A and column of B, so which rows share a CTA (decode: the heads of one token; prefill:
+// several tokens) never changes a row's bits.
+//
+// The order of the arithmetic for one row at position `pos` (keys 0..pos of its sequence):
+//   q, k, v are bf16 (q rounded to nearest even as it is loaded; the cache holds bf16 bits);
+//   head_dim is zero-padded to a multiple of 16.
+//   The keys are cut into splits of `split` keys ([0, split), [split, 2·split), ...) and each
+//   split into tiles of kAttnKeyTile = 64 keys aligned to absolute positions. Per split, from
+//   m = -inf, l = 0, acc = 0, per tile in increasing order:
+//     S = q·kᵀ: one fp32 accumulator per (row, key), +0 first, one mma per 16 values of head_dim
+//       in increasing order;  s = S · scale (one rounding);  keys > pos: s = -inf (a select)
+//     mt = max of the row's s over the tile;  m' = m > mt ? m : mt
+//     c = det_expf(m − m');  p = key <= pos ? det_expf(s − m') : 0
+//     l = l·c + psum, psum = the row's 64 p summed by a fixed tree: each lane its 16 fragment
+//       columns pairwise (row_tree), then the quad by xor 1, xor 2 (the max uses the same tree)
+//     o = bf16(p)·v: one fp32 accumulator per (row, dim), +0 first, one mma per 16 keys in
+//       increasing order;  acc = acc·f + o, f = c where m' != m, else 1 (x·1 = x: no rescale)
+//   A tile with no key <= pos (the row's tokens share a CTA with later ones) leaves the row's
+//   state untouched (a select, not arithmetic that happens to be exact).
+//   Splits are merged in increasing order from the empty state by merge_coef/merge_elem below
+//   (a split without a key <= pos is skipped exactly); out = acc / l.
+// The merge runs either in the CTA that computed the splits (registers, or its own rows of `out`
+// for head_dim > 96) or in the merge kernel from per-split partials (m, l, acc) in the
+// workspace: the same functions on the same values, so the same bits.
+// Keys past the CTA's last valid position are loaded as zeros (a stale slot may hold NaN, and
+// 0·NaN would poison the row's o); padding columns of q/k/v are zeros.
+//
+// head_dim > 256: one warp per row (attn_simple_kernel), its own fixed order (documented there).
+#include "kernels/cuda/attention.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <type_traits>
+
+#include "common/error.h"
+#include "kernels/cuda/det_math.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace detinfer::cuda {
+
+namespace {
+
+std::atomic<int> g_split{kAttnDefaultSplit};
+
+constexpr int KT = kAttnKeyTile;
+constexpr float kNegInf = -INFINITY;
+
+struct Params {
+  const float* q;
+  float* out;
+  const uint16_t* kc;
+  const uint16_t* vc;
+  const int32_t* pos;
+  const int32_t* table_off;
+  const int32_t* tables;
+  float* ws;
+  int block_size;
+  float scale;
+  int n_heads, n_kv_heads, head_dim, group;
+  int split_tiles;
+  int vec16;  // head_dim % 8 == 0 and 16-byte aligned caches: 16-byte copies, else 4-byte
+};
+
+// ---- small device functions ----------------------------------------------------------------------
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo, each RNE
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const uint16_t* p) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, const uint16_t* p) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+// d += a · b for one m16n8k16 tile (bf16 inputs, fp32 accumulators), as gemm.cu.
+__device__ __forceinline__ void mma_bf16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// cp.async with zero fill: valid == false writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ float max_sel(float a, float b) { return a > b ? a : b; }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+
+// One row's 16 values in a lane's S fragments (row g: h = 0, row g + 8: h = 1), in the order
+// k = 2·(n-tile) + column, reduced by a fixed pairwise tree:
+//   ((v0∘v1)∘(v2∘v3))∘((v4∘v5)∘(v6∘v7)) ∘ (the same over v8..v15).
+template <typename Op>
+__device__ __forceinline__ float row_tree(const float (&s)[8][4], int h, Op op) {
+  float a[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) a[j] = op(s[j][2 * h], s[j][2 * h + 1]);
+  return op(op(op(a[0], a[1]), op(a[2], a[3])), op(op(a[4], a[5]), op(a[6], a[7])));
+}
+
+// ---- the merge of two split states (the one definition both merge paths use) ---------------------
+//   b empty (m_b = -inf): a exactly;  a empty: b exactly;  else m = max(m_a, m_b),
+//   α = det_expf(m_a − m), β = det_expf(m_b − m), l = l_a·α + l_b·β, acc = acc_a·α + acc_b·β.
+struct MergeCoef {
+  float m, l, a, b;
+  int kind;  // 0: keep a, 1: take b, 2: blend
+};
+__device__ __forceinline__ MergeCoef merge_coef(float m_a, float l_a, float m_b, float l_b) {
+  MergeCoef c;
+  if (m_b == kNegInf) {
+    c.kind = 0, c.m = m_a, c.l = l_a, c.a = 1.0f, c.b = 0.0f;
+  } else if (m_a == kNegInf) {
+    c.kind = 1, c.m = m_b, c.l = l_b, c.a = 0.0f, c.b = 1.0f;
+  } else {
+    c.kind = 2;
+    c.m = max_sel(m_a, m_b);
+    c.a = det_expf(__fsub_rn(m_a, c.m));
+    c.b = det_expf(__fsub_rn(m_b, c.m));
+    c.l = __fadd_rn(__fmul_rn(l_a, c.a), __fmul_rn(l_b, c.b));
+  }
+  return c;
+}
+__device__ __forceinline__ float merge_elem(const MergeCoef& c, float x_a, float x_b) {
+  if (c.kind == 0) return x_a;
+  if (c.kind == 1) return x_b;
+  return __fadd_rn(__fmul_rn(x_a, c.a), __fmul_rn(x_b, c.b));
+}
+
+// ---- the tensor-core kernel ---------------------------------------------------------------------
+// Item (kAttnRecordInts int32): first token of the run, kv head, first row r0 of the run's rows
+// (row r = token (r / group) of the run, head kvh·group + r % group), rows, last valid position
+// of those rows, splits [begin, end), partial base (-1: merge here and write out; else split s
+// of row r goes to partial base + (s − begin)·rows + r).
+// Shared memory: the CTA's q rows and NB tile buffers that K and V tiles rotate through (see
+// the prologue), plus a ring of two tiles' cache slots, read from the block table a tile ahead.
+// NB = 3: a tile's V loads while its K is used, K of the next tile while its V is used; with
+// head_dim 128 three prefill CTAs fit an SM (twelve warps; __launch_bounds__ holds the registers
+// to 168 for it; decode CTAs with NB = 3: 128, four CTAs per SM). NB = 4: K and V of the next
+// tile both load during the whole tile (a double buffer), for grids too small to fill the GPU.
+// Same math either way.
+// SH (shared rows, decode): the CTA's NW warps all take the same 16 rows. They issue each tile's
+// copies together, each computes S and the softmax of the 16 rows (the instructions a prefill
+// warp runs for its 16 rows, on the same inputs: the same bits), and warp w computes P·V only for
+// its share of the head_dim columns (pairs of 8-wide tiles [w·PW, (w + 1)·PW)): an output
+// element's mmas and fold into acc are the prefill warp's, whichever warp runs them.
+template <int HDP, int NW, int NB, bool SH = false>
+struct TcShape {
+  static_assert(NB == 3 || NB == 4, "three or four tile buffers");
+  static constexpr int LD = HDP + 8;  // bf16 row stride: ldmatrix rows fall in distinct banks
+  static constexpr int QROWS = SH ? 16 : 16 * NW;
+  static constexpr size_t smem_bytes =
+      size_t(QROWS + NB * KT) * LD * sizeof(uint16_t) + 2 * KT * sizeof(int32_t);
+};
+
+template <int HDP, int NW, int NB, bool SH>
+__global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 3 ? 4 : NB == 3 || SH ? 3 : 1) : 1)
+    attn_tc_kernel(const Params p, const int32_t* __restrict__ items) {
+  using Shape = TcShape<HDP, NW, NB, SH>;
+  constexpr int LD = Shape::LD, NT = NW * 32, NC = HDP / 16, ND = HDP / 8;
+  // P·V: pairs of 8-wide column tiles per warp (PW); SH: this warp's first pair dp0. The
+  // non-SH expressions are kept as they were (dp0 = 0 folds away: the same code as before).
+  constexpr int NP = ND / 2, PW = SH ? (NP + NW - 1) / NW : NP;
+  constexpr int kSlotsPerThread = (KT + NT - 1) / NT;
+  // The running merge of the splits: registers up to 96 columns; from 128 on (register pressure)
+  // the CTA's own rows of out hold it (each thread rereads only what it wrote).
+  constexpr bool kRegMerge = HDP < 128;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint16_t* qs = reinterpret_cast<uint16_t*>(smem_raw);
+  uint16_t* ks = qs + Shape::QROWS * LD;
+  int32_t* slot_s = reinterpret_cast<int32_t*>(ks + NB * KT * LD);  // [2][KT] ring
+
+  const int32_t* item = items + static_cast<int64_t>(blockIdx.x) * kAttnRecordInts;
+  const int tok0 = item[0], kvh = item[1], r0 = item[2], nrows = item[3], max_pos = item[4];
+  const int s_begin = item[5], s_end = item[6], pbase = item[7];
+  const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int warp = SH ? 0 : tid >> 5;       // whose 16 rows this warp computes
+  const int dp0 = SH ? (tid >> 5) * PW : 0;  // its first pair of P·V column tiles
+  const int hd = p.head_dim, G = p.group;
+  const int32_t* table = p.tables + p.table_off[tok0];
+  const int64_t kv_row = static_cast<int64_t>(p.n_kv_heads) * hd;
+  const uint16_t* kbase = p.kc + static_cast<int64_t>(kvh) * hd;
+  const uint16_t* vbase = p.vc + static_cast<int64_t>(kvh) * hd;
+  const int t_begin = s_begin * p.split_tiles;
+  const int t_end = min(s_end * p.split_tiles, max_pos / KT + 1);
+
+  // Padding columns [hd, HDP) of every tile buffer row: zeros (the loads never write them).
+  if (hd < HDP) {
+    const int words = (HDP - hd) / 2;
+    for (int i = tid; i < NB * KT * words; i += NT) {
+      const int r = i / words;
+      *reinterpret_cast<uint32_t*>(ks + r * LD + hd + 2 * (i - r * words)) = 0u;
+    }
+  }
+  // q rows, rounded to bf16; padding rows and columns zero.
+  for (int i = tid; i < Shape::QROWS * (HDP / 2); i += NT) {
+    const int r = i / (HDP / 2), c = 2 * (i - r * (HDP / 2));
+    float2 v = make_float2(0.0f, 0.0f);
+    if (r < nrows && c < hd) {
+      const int rr = r0 + r;
+      const int64_t row = static_cast<int64_t>(tok0 + rr / G) * p.n_heads + kvh * G + rr % G;
+      v = *reinterpret_cast<const float2*>(p.q + row * hd + c);
+    }
+    *reinterpret_cast<uint32_t*>(qs + r * LD + c) = pack_bf16(v.x, v.y);
+  }
+
+  // This lane's two rows (g and g + 8 of the warp's 16) and their positions.
+  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+  int pos_lo = r_lo < nrows ? p.pos[tok0 + (r0 + r_lo) / G] : -1;
+  int pos_hi = r_hi < nrows ? p.pos[tok0 + (r0 + r_hi) / G] : -1;
+  int warp_last = max(pos_lo, pos_hi);
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
+  // Padding rows (zero q, never stored) act as rows at the warp's last position, so that the
+  // real rows alone decide whether a tile needs masks.
+  if (r_lo >= nrows) pos_lo = warp_last;
+  if (r_hi >= nrows) pos_hi = warp_last;
+  int warp_first = min(pos_lo, pos_hi);
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, o));
+  auto out_row = [&](int r) -> int64_t {
+    const int rr = r0 + r;
+    return (static_cast<int64_t>(tok0 + rr / G) * p.n_heads + kvh * G + rr % G) * hd;
+  };
+
+  // Cache slot of a key (-1 past max_pos: loaded as zeros).
+  auto slot_of = [&](int key) -> int {
+    return key <= max_pos ? table[key / p.block_size] * p.block_size + key % p.block_size : -1;
+  };
+  // Copies of one tile of K or V (base) into buffer b, slots from ring entry rs.
+  auto issue_one = [&](const uint16_t* base, int b, int rs) {
+    uint16_t* dst = ks + b * KT * LD;
+    const int32_t* slots = slot_s + rs * KT;
+    if (p.vec16) {
+      constexpr int CPR = HDP / 8;
+      for (int i = tid; i < KT * CPR; i += NT) {
+        const int r = i / CPR, c = 8 * (i - r * CPR);
+        if (c >= hd) continue;
+        const int slot = slots[r];
+        cp_async16(dst + r * LD + c, base + (slot >= 0 ? slot * kv_row + c : 0), slot >= 0);
+      }
+    } else {
+      constexpr int CPR = HDP / 2;
+      for (int i = tid; i < KT * CPR; i += NT) {
+        const int r = i / CPR, c = 2 * (i - r * CPR);
+        if (c >= hd) continue;
+        const int slot = slots[r];
+        cp_async4(dst + r * LD + c, base + (slot >= 0 ? slot * kv_row + c : 0), slot >= 0);
+      }
+    }
+  };
+
+  // The split being reduced (m, l, acc) and, for fused items, the merge of the splits before it.
+  float m_lo = kNegInf, m_hi = kNegInf, l_lo = 0.0f, l_hi = 0.0f;
+  // acc[dl]: column tile 2·dp0 + dl (columns 8·(2·dp0 + dl) + 2·tq, + 1).
+  float acc[2 * PW][4];
+  float mR_lo = kNegInf, mR_hi = kNegInf, lR_lo = 0.0f, lR_hi = 0.0f;
+  float accR[kRegMerge ? 2 * PW : 1][4];
+#pragma unroll
+  for (int d = 0; d < 2 * PW; ++d)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[d][e] = 0.0f;
+#pragma unroll
+  for (int d = 0; d < (kRegMerge ? 2 * PW : 1); ++d)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) accR[d][e] = 0.0f;
+
+  // Prologue: slots of tiles 0 and 1, loads of K and V of tile 0. Load n (K of tile i is
+  // n = 2i, V is 2i + 1) goes to buffer n % NB, which held load n − NB: with NB = 3, V of tile
+  // i − 2 for a K (consumed before the tile's first barrier) and K of tile i − 1 for a V (before
+  // its second barrier); with NB = 4, the same kind of tile i − 1 (before the first barrier).
+  // Commit groups: NB = 3: one per load; NB = 4: one per tile.
+  for (int k = 0; k < 2; ++k)
+    for (int r = tid; r < KT; r += NT) slot_s[k * KT + r] = t_begin + k < t_end ? slot_of((t_begin + k) * KT + r) : -1;
+  __syncthreads();
+  issue_one(kbase, 0, 0);
+  if (NB == 3) cp_async_commit();
+  issue_one(vbase, 1, 0);
+  cp_async_commit();
+  auto next_buf = [](int b) { return NB == 3 ? (b == 0 ? 2 : b - 1) : (b + 2) & 3; };  // (b + 2) % NB
+
+  for (int t = t_begin, kbuf = 0, vbuf = 1, ring = 0; t < t_end; ++t) {
+    int pre[kSlotsPerThread];
+#pragma unroll
+    for (int k = 0; k < kSlotsPerThread; ++k) {
+      const int r = tid + k * NT;
+      pre[k] = r < KT && t + 2 < t_end ? slot_of((t + 2) * KT + r) : -1;
+    }
+    const bool more = t + 1 < t_end;
+    const int p0 = t * KT;
+    const bool active = p0 <= warp_last, dense = p0 + KT - 1 <= warp_first;
+    cp_async_wait<NB == 3 ? 1 : 0>();
+    __syncthreads();  // K (NB = 4: and V) of tile t landed; all are done with tile t − 1
+    if (more) {
+      issue_one(kbase, next_buf(kbuf), ring ^ 1);
+      if (NB == 4) issue_one(vbase, next_buf(vbuf), ring ^ 1);
+    }
+    cp_async_commit();
+    uint32_t pa[4][4];
+    float f_lo = 1.0f, f_hi = 1.0f;
+    bool act_lo = false, act_hi = false;
+    auto phase_s = [&](auto masked_tag) {
+      constexpr bool kMasked = decltype(masked_tag)::value;
+      const uint16_t* kt = ks + kbuf * KT * LD;
+      // S = q·kᵀ, 16 rows × 64 keys (8 n-tiles), head_dim chunks in increasing order; the
+      // fragments of chunk c + 1 are loaded before the mmas of chunk c are issued.
+      float s[8][4];
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+      uint32_t qa[2][4], kb[2][4][4];
+      auto load_qk = [&](int c, int b) {
+        ldsm_x4(qa[b], qs + (warp * 16 + (lane & 15)) * LD + c * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int jp = 0; jp < 4; ++jp)
+          ldsm_x4(kb[b][jp], kt + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + c * 16 + ((lane >> 3) & 1) * 8);
+      };
+      load_qk(0, 0);
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        if (c * 16 >= hd) break;
+        if (c + 1 < NC && (c + 1) * 16 < hd) load_qk(c + 1, (c + 1) & 1);
+#pragma unroll
+        for (int jp = 0; jp < 4; ++jp) {
+          mma_bf16(s[2 * jp], qa[c & 1], kb[c & 1][jp][0], kb[c & 1][jp][1]);
+          mma_bf16(s[2 * jp + 1], qa[c & 1], kb[c & 1][jp][2], kb[c & 1][jp][3]);
+        }
+      }
+      // Scale (and mask), then the row max over the tile: the lane's 16 values by a fixed
+      // pairwise tree, then its quad (xor 1, xor 2).
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = p0 + 8 * j + 2 * tq + (e & 1);
+          s[j][e] = !kMasked || key <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[j][e], p.scale) : kNegInf;
+        }
+      float mt_lo = row_tree(s, 0, max_sel), mt_hi = row_tree(s, 1, max_sel);
+#pragma unroll
+      for (int o = 1; o <= 2; o <<= 1) {
+        mt_lo = max_sel(mt_lo, __shfl_xor_sync(0xffffffffu, mt_lo, o));
+        mt_hi = max_sel(mt_hi, __shfl_xor_sync(0xffffffffu, mt_hi, o));
+      }
+      act_lo = !kMasked || p0 <= pos_lo;
+      act_hi = !kMasked || p0 <= pos_hi;
+      const float mn_lo = max_sel(m_lo, mt_lo), mn_hi = max_sel(m_hi, mt_hi);
+      const float c_lo = act_lo ? det_expf(__fsub_rn(m_lo, mn_lo)) : 1.0f;
+      const float c_hi = act_hi ? det_expf(__fsub_rn(m_hi, mn_hi)) : 1.0f;
+      // p, and its row sum: the same trees as the max.
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = p0 + 8 * j + 2 * tq + (e & 1);
+          const float d = __fsub_rn(s[j][e], e < 2 ? mn_lo : mn_hi);
+          s[j][e] = !kMasked || key <= (e < 2 ? pos_lo : pos_hi) ? det_expf(d) : 0.0f;
+        }
+      float ps_lo = row_tree(s, 0, add_rn), ps_hi = row_tree(s, 1, add_rn);
+#pragma unroll
+      for (int o = 1; o <= 2; o <<= 1) {
+        ps_lo = __fadd_rn(ps_lo, __shfl_xor_sync(0xffffffffu, ps_lo, o));
+        ps_hi = __fadd_rn(ps_hi, __shfl_xor_sync(0xffffffffu, ps_hi, o));
+      }
+      if (act_lo) l_lo = __fadd_rn(__fmul_rn(l_lo, c_lo), ps_lo);
+      if (act_hi) l_hi = __fadd_rn(__fmul_rn(l_hi, c_hi), ps_hi);
+      // acc = acc·f + o with f = c where the max moved, else 1 (x·1 = x: "skip the rescale").
+      f_lo = act_lo && mn_lo != m_lo ? c_lo : 1.0f;
+      f_hi = act_hi && mn_hi != m_hi ? c_hi : 1.0f;
+      if (act_lo) m_lo = mn_lo;
+      if (act_hi) m_hi = mn_hi;
+      // P as the A operand (the accumulator layout of S is the A layout of P·V).
+#pragma unroll
+      for (int kc = 0; kc < 4; ++kc) {
+        pa[kc][0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
+        pa[kc][1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
+        pa[kc][2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        pa[kc][3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+      }
+    };
+    if (active) {
+      if (dense) phase_s(std::false_type());
+      else phase_s(std::true_type());
+    }
+    if (NB == 3) {
+      cp_async_wait<1>();
+      __syncthreads();  // V of tile t landed; all are done with K of tile t
+      if (more) issue_one(vbase, kbuf, ring ^ 1);  // kbuf == next_buf(vbuf)
+      cp_async_commit();
+    }
+    auto phase_pv = [&](auto masked_tag) {
+      constexpr bool kMasked = decltype(masked_tag)::value;
+      const uint16_t* vt = ks + vbuf * KT * LD;
+      // o = P·V per pair of 8-wide dim tiles, keys in chunks of 16 in increasing order, from +0;
+      // then folded into acc (rows without a key <= pos in this tile keep their acc exactly).
+      uint32_t vb[2][4][4];
+      auto load_v = [&](int dp, int b) {
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc)
+          ldsm_x4_trans(vb[b][kc], vt + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
+      };
+      if (dp0 < NP) load_v(dp0, 0);  // past hd: zero padding columns, unused
+#pragma unroll
+      for (int dl = 0; dl < PW; ++dl) {
+        const int dp = SH ? dp0 + dl : dl;
+        if (dp >= NP || dp * 16 >= hd) break;
+        if (dl + 1 < PW && dp + 1 < NP && (dp + 1) * 16 < hd) load_v(dp + 1, (dl + 1) & 1);
+        float o[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc) {
+          mma_bf16(o[0], pa[kc], vb[dl & 1][kc][0], vb[dl & 1][kc][1]);
+          mma_bf16(o[1], pa[kc], vb[dl & 1][kc][2], vb[dl & 1][kc][3]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float& a = acc[2 * dl + h][e];
+            const float na = __fadd_rn(__fmul_rn(a, e < 2 ? f_lo : f_hi), o[h][e]);
+            if (!kMasked || (e < 2 ? act_lo : act_hi)) a = na;
+          }
+      }
+    };
+    if (active) {
+      if (dense) phase_pv(std::false_type());
+      else phase_pv(std::true_type());
+    }
+
+    // End of a split: hand its state to the merge (here or through the workspace), start afresh.
+    if (!more || (t + 1) % p.split_tiles == 0) {
+      const int split = t / p.split_tiles;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = h ? r_hi : r_lo;
+        const float m = h ? m_hi : m_lo, l = h ? l_hi : l_lo;
+        if (pbase >= 0) {
+          if (r < nrows) {
+            float* w = p.ws + static_cast<int64_t>(pbase + (split - s_begin) * nrows + r) * (hd + 2);
+            if (tq == 0 && (!SH || tid < 32)) w[0] = m, w[1] = l;
+#pragma unroll
+            for (int d = 0; d < 2 * PW; ++d) {
+              const int c = 8 * (2 * dp0 + d) + 2 * tq;
+              if (c < hd) *reinterpret_cast<float2*>(w + 2 + c) = make_float2(acc[d][2 * h], acc[d][2 * h + 1]);
+            }
+          }
+        } else {
+          const MergeCoef cf = merge_coef(h ? mR_hi : mR_lo, h ? lR_hi : lR_lo, m, l);
+          if (kRegMerge) {
+#pragma unroll
+            for (int d = 0; d < (kRegMerge ? 2 * PW : 1); ++d)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) accR[d][2 * h + e] = merge_elem(cf, accR[d][2 * h + e], acc[d][2 * h + e]);
+          } else if (r < nrows && cf.kind != 0) {
+            float* o = p.out + out_row(r);
+#pragma unroll
+            for (int d = 0; d < 2 * PW; ++d) {
+              const int c = 8 * (2 * dp0 + d) + 2 * tq;
+              if (c >= hd) continue;
+              const float2 prev = cf.kind == 2 ? *reinterpret_cast<const float2*>(o + c) : make_float2(0.0f, 0.0f);
+              *reinterpret_cast<float2*>(o + c) = make_float2(merge_elem(cf, prev.x, acc[d][2 * h]),
+                                                              merge_elem(cf, prev.y, acc[d][2 * h + 1]));
+            }
+          }
+          if (h) mR_hi = cf.m, lR_hi = cf.l;
+          else mR_lo = cf.m, lR_lo = cf.l;
+        }
+      }
+      m_lo = m_hi = kNegInf;
+      l_lo = l_hi = 0.0f;
+#pragma unroll
+      for (int d = 0; d < 2 * PW; ++d)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[d][e] = 0.0f;
+    }
+
+    {  // slots of tile t + 2 into tile t's ring entry (read two barriers ago)
+      int32_t* dst = slot_s + ring * KT;
+#pragma unroll
+      for (int k = 0; k < kSlotsPerThread; ++k)
+        if (tid + k * NT < KT) dst[tid + k * NT] = pre[k];
+    }
+    kbuf = next_buf(kbuf);
+    vbuf = next_buf(vbuf);
+    ring ^= 1;
+  }
+
+  if (pbase < 0) {  // out = acc / l
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = h ? r_hi : r_lo;
+      if (r >= nrows) continue;
+      const float l = h ? lR_hi : lR_lo;
+      float* o = p.out + out_row(r);
+#pragma unroll
+      for (int d = 0; d < 2 * PW; ++d) {
+        const int c = 8 * (2 * dp0 + d) + 2 * tq;
+        if (c >= hd) continue;
+        float2 v;
+        if (kRegMerge) v = make_float2(accR[kRegMerge ? d : 0][2 * h], accR[kRegMerge ? d : 0][2 * h + 1]);
+        else v = *reinterpret_cast<const float2*>(o + c);
+        *reinterpret_cast<float2*>(o + c) = make_float2(__fdiv_rn(v.x, l), __fdiv_rn(v.y, l));
+      }
+    }
+  }
+}
+
+// ---- the merge kernel ------------------------------------------------------------------------------
+// One warp per row: record {token, head, first partial, stride, count}; partials first,
+// first + stride, ... merged in increasing split order from the empty state; out = acc / l.
+constexpr int kMergeWarps = 4;
+__global__ void __launch_bounds__(32 * kMergeWarps) attn_merge_kernel(const Params p, const int32_t* __restrict__ recs, int n) {
+  const int w = blockIdx.x * kMergeWarps + (threadIdx.x >> 5);
+  if (w >= n) return;
+  const int lane = threadIdx.x & 31;
+  const int32_t* rec = recs + static_cast<int64_t>(w) * kAttnRecordInts;
+  const int tok = rec[0], head = rec[1], first = rec[2], stride = rec[3], count = rec[4];
+  const int hd = p.head_dim;
+  constexpr int kPer = kAttnTensorCoreMaxHeadDim / 64;  // float2 per lane
+  float acc[kPer][2];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) acc[i][0] = acc[i][1] = 0.0f;
+  float m = kNegInf, l = 0.0f;
+  for (int k = 0; k < count; ++k) {
+    const float* src = p.ws + static_cast<int64_t>(first + k * stride) * (hd + 2);
+    const MergeCoef cf = merge_coef(m, l, src[0], src[1]);
+    if (cf.kind != 0) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int c = 2 * lane + 64 * i;
+        if (c >= hd) continue;
+        const float2 v = *reinterpret_cast<const float2*>(src + 2 + c);
+        acc[i][0] = merge_elem(cf, acc[i][0], v.x);
+        acc[i][1] = merge_elem(cf, acc[i][1], v.y);
+      }
+    }
+    m = cf.m, l = cf.l;
+  }
+  float* o = p.out + (static_cast<int64_t>(tok) * p.n_heads + head) * hd;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int c = 2 * lane + 64 * i;
+    if (c < hd) *reinterpret_cast<float2*>(o + c) = make_float2(__fdiv_rn(acc[i][0], l), __fdiv_rn(acc[i][1], l));
+  }
+}
+
+// ---- head_dim > 256: one warp per row ---------------------------------------------------------------
+// Lane l holds elements e = l + 32i of q (rounded to bf16) and of acc. Keys 0..pos in tiles of
+// 16 aligned to absolute positions, in increasing order; per tile of n keys:
+//   s_j = warp_sum(fma chain over the lane's elements in increasing i, from +0) · scale
+//   mt = max_j s_j;  m' = max(m, mt);  c = det_expf(m − m');  p_j = det_expf(s_j − m')
+//   l = l·c + (((p_0 + p_1) + p_2) + ...);  acc = acc·c (skipped when m' == m), then
+//   acc = fma(p_j, v_j, acc) for j in order;  out = acc / l.
+// Nothing here depends on the batch, the chunking, the block placement or the grid.
+constexpr int kSimpleWarps = 4;
+constexpr int kSimpleTile = 16;
+__device__ __forceinline__ float bf16_bits(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+
+template <int PER>
+__global__ void __launch_bounds__(32 * kSimpleWarps) attn_simple_kernel(const Params p, int64_t n_rows) {
+  const int64_t task = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + (threadIdx.x >> 5);
+  if (task >= n_rows) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t t = task / p.n_heads;
+  const int h = static_cast<int>(task % p.n_heads);
+  const int hd = p.head_dim;
+  const int64_t row = static_cast<int64_t>(p.n_kv_heads) * hd;
+  const int64_t head_off = static_cast<int64_t>(h / p.group) * hd;
+  const int32_t* table = p.tables + p.table_off[t];
+  const int32_t last = p.pos[t];
+  float qv[PER], acc[PER];
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    const int e = lane + 32 * i;
+    qv[i] = e < hd ? __bfloat162float(__float2bfloat16_rn(p.q[task * hd + e])) : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = kNegInf, l = 0.0f;
+  for (int32_t t0 = 0; t0 <= last; t0 += kSimpleTile) {
+    const int n = min(kSimpleTile, last + 1 - t0);
+    int64_t off[kSimpleTile];
+    float s[kSimpleTile];
+#pragma unroll
+    for (int j = 0; j < kSimpleTile; ++j) {
+      const int key = t0 + j;
+      off[j] = j < n ? (static_cast<int64_t>(table[key / p.block_size]) * p.block_size + key % p.block_size) * row + head_off : 0;
+      float part = 0.0f;
+      if (j < n) {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+          const int e = lane + 32 * i;
+          if (e < hd) part = __fmaf_rn(qv[i], bf16_bits(p.kc[off[j] + e]), part);
+        }
+      }
+      s[j] = part;
+    }
+    float mt = kNegInf;
+#pragma unroll
+    for (int j = 0; j < kSimpleTile; ++j) {
+      s[j] = __fmul_rn(warp_sum(s[j]), p.scale);
+      if (j < n) mt = max_sel(mt, s[j]);
+    }
+    const float m_new = max_sel(m, mt);
+    const float c = det_expf(__fsub_rn(m, m_new));
+    float psum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kSimpleTile; ++j) {
+      s[j] = j < n ? det_expf(__fsub_rn(s[j], m_new)) : 0.0f;
+      if (j < n) psum = __fadd_rn(psum, s[j]);
+    }
+    l = __fadd_rn(__fmul_rn(l, c), psum);
+    if (m_new != m) {
+#pragma unroll
+      for (int i = 0; i < PER; ++i) acc[i] = __fmul_rn(acc[i], c);
+    }
+#pragma unroll
+    for (int j = 0; j < kSimpleTile; ++j) {
+      if (j >= n) continue;
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        const int e = lane + 32 * i;
+        if (e < hd) acc[i] = __fmaf_rn(s[j], bf16_bits(p.vc[off[j] + e]), acc[i]);
+      }
+    }
+    m = m_new;
+  }
+  float* out = p.out + task * hd;
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    const int e = lane + 32 * i;
+    if (e < hd) out[e] = __fdiv_rn(acc[i], l);
+  }
+}
+
+__global__ void kv_write_bf16_kernel(uint16_t* k_cache, uint16_t* v_cache, const float* __restrict__ k,
+                                     const float* __restrict__ v, int64_t n, int64_t row,
+                                     const int32_t* __restrict__ slots) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = idx / row, e = idx % row;
+    const int64_t dst = static_cast<int64_t>(slots[t]) * row + e;
+    k_cache[dst] = __bfloat16_as_ushort(__float2bfloat16_rn(k[idx]));
+    v_cache[dst] = __bfloat16_as_ushort(__float2bfloat16_rn(v[idx]));
+  }
+}
+
+// ---- launchers -------------------------------------------------------------------------------------
+template <int HDP, int NW, int NB, bool SH = false>
+void launch_tc(const Params& p, const int32_t* items, int n, cudaStream_t stream) {
+  if (n <= 0) return;
+  const size_t smem = TcShape<HDP, NW, NB, SH>::smem_bytes;
+  // The shared-memory opt-in is per device: set it once per device and instance.
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load() & bit)) {
+    check(cudaFuncSetAttribute(attn_tc_kernel<HDP, NW, NB, SH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          "attention smem opt-in");
+    configured.fetch_or(bit);
+  }
+  attn_tc_kernel<HDP, NW, NB, SH><<<static_cast<unsigned>(n), NW * 32, smem, stream>>>(p, items);
+  check(cudaGetLastError(), "attention launch");
+}
+
+int sm_count() {
+  static std::atomic<int> counts[64] = {};
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  int n = counts[dev & 63].load();
+  if (n == 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "SM count");
+    counts[dev & 63] = n;
+  }
+  return n;
+}
+
+// Decode CTAs (items of <= 16 rows): four warps sharing the rows (SH); four tile buffers up to
+// two CTAs per SM, three beyond. On H100 (32/8 heads, head_dim 128) this measured 1.7-1.9x faster
+// than one-warp CTAs at batch 1-8 and 1.15-1.3x at batch 64-256 (one warp per CTA was slower at
+// every batch measured, so it is not kept). Prefill CTAs: three buffers, four for head_dim 256.
+// A schedule only: the bits are the same.
+template <int HDP>
+void launch_both(const Params& p, const AttentionPlan& plan, const int32_t* work, cudaStream_t stream) {
+  if (plan.n_small <= 2 * sm_count()) launch_tc<HDP, 4, 4, true>(p, work, plan.n_small, stream);
+  else launch_tc<HDP, 4, 3, true>(p, work, plan.n_small, stream);
+  launch_tc<HDP, 4, HDP == 256 ? 4 : 3>(p, work + static_cast<int64_t>(plan.n_small) * kAttnRecordInts,
+                                         plan.n_large, stream);
+}
+
+}  // namespace
+
+void set_attention_split(int keys) {
+  DETINFER_CHECK(keys > 0 && keys % kAttnKeyTile == 0, "attention split ", keys,
+                 " is not a positive multiple of ", kAttnKeyTile);
+  g_split = keys;
+}
+int attention_split() { return g_split.load(); }
+
+void kv_write_bf16(uint16_t* k_cache, uint16_t* v_cache, const float* k, const float* v, int64_t T,
+                   int64_t row, const int32_t* slots, cudaStream_t stream) {
+  const int64_t n = T * row;
+  if (n <= 0) return;
+  const int64_t b = (n + 255) / 256;
+  kv_write_bf16_kernel<<<static_cast<unsigned>(b < 65536 ? b : 65536), 256, 0, stream>>>(k_cache, v_cache, k, v, n, row, slots);
+  check(cudaGetLastError(), "kv_write_bf16 launch");
+}
+
+AttentionPlan plan_attention(const int32_t* pos, const int32_t* seq, int64_t T, int n_heads,
+                             int n_kv_heads, int head_dim, AttentionSchedule schedule) {
+  DETINFER_CHECK(T >= 0, "attention plan: T = ", T);
+  DETINFER_CHECK(n_kv_heads > 0 && n_heads > 0 && n_heads % n_kv_heads == 0, "attention plan: n_heads ",
+                 n_heads, " is not a positive multiple of n_kv_heads ", n_kv_heads);
+  DETINFER_CHECK(head_dim > 0 && head_dim % 2 == 0 && head_dim <= kAttnPagedMaxHeadDim,
+                 "attention plan: head_dim ", head_dim, " is not even in 2..", kAttnPagedMaxHeadDim);
+  DETINFER_CHECK(T == 0 || (pos && seq), "attention plan: null pos or seq");
+  AttentionPlan plan;
+  plan.split = attention_split();
+  plan.T = T, plan.n_heads = n_heads, plan.n_kv_heads = n_kv_heads, plan.head_dim = head_dim;
+  for (int64_t t = 0; t < T; ++t)
+    DETINFER_CHECK(pos[t] >= 0, "attention plan: token ", t, " has position ", pos[t]);
+  if (head_dim > kAttnTensorCoreMaxHeadDim) {
+    plan.n_simple = T * n_heads;
+    return plan;
+  }
+  DETINFER_CHECK(T * n_heads < (int64_t{1} << 31), "attention plan: ", T, " tokens × ", n_heads,
+                 " heads is more than one launch takes");
+  const int G = n_heads / n_kv_heads;
+  // A CTA's rows: whole tokens' groups up to 64 rows (groups larger than 64: 64 rows of one token).
+  const int piece = G <= 64 ? (64 / G) * G : 64;
+  struct Rec {
+    int32_t v[kAttnRecordInts];
+    int64_t tiles;  // work, for ordering only
+  };
+  std::vector<Rec> small, large, merges;
+  int64_t n_partials = 0;
+  const int64_t split = plan.split;
+  for (int64_t i = 0; i < T;) {
+    int64_t j = i + 1;
+    while (j < T && seq[j] == seq[i]) ++j;
+    const int64_t ntok = j - i, R = ntok * G;
+    for (int kvh = 0; kvh < n_kv_heads; ++kvh)
+      for (int64_t r0 = 0; r0 < R; r0 += piece) {
+        const int64_t nrows = std::min<int64_t>(piece, R - r0);
+        int32_t max_pos = 0;
+        for (int64_t t = i + r0 / G; t <= i + (r0 + nrows - 1) / G; ++t) max_pos = std::max(max_pos, pos[t]);
+        const int64_t ntiles = max_pos / kAttnKeyTile + 1;
+        const int32_t nsplits = static_cast<int32_t>(max_pos / split + 1);
+        const bool partial = schedule == AttentionSchedule::kSplit ||
+                             (schedule == AttentionSchedule::kAuto && ntok == 1 && nsplits > 1);
+        std::vector<Rec>& list = nrows <= 16 ? small : large;
+        const int32_t base[5] = {static_cast<int32_t>(i), kvh, static_cast<int32_t>(r0),
+                                 static_cast<int32_t>(nrows), max_pos};
+        if (!partial) {
+          list.push_back({{base[0], base[1], base[2], base[3], base[4], 0, nsplits, -1}, ntiles});
+          continue;
+        }
+        DETINFER_CHECK(n_partials + int64_t{nsplits} * nrows < (int64_t{1} << 31),
+                       "attention plan: too many split partials");
+        const int32_t pb = static_cast<int32_t>(n_partials);
+        n_partials += int64_t{nsplits} * nrows;
+        const int64_t tps = split / kAttnKeyTile;
+        for (int32_t s = 0; s < nsplits; ++s)
+          list.push_back({{base[0], base[1], base[2], base[3], base[4], s, s + 1, pb + s * static_cast<int32_t>(nrows)},
+                          std::min(ntiles, (s + 1) * tps) - s * tps});
+        for (int64_t r = 0; r < nrows; ++r) {
+          const int64_t rr = r0 + r;
+          merges.push_back({{static_cast<int32_t>(i + rr / G), static_cast<int32_t>(kvh * G + rr % G),
+                             static_cast<int32_t>(pb + r), static_cast<int32_t>(nrows), nsplits, 0, 0, 0},
+                            0});
+        }
+      }
+    i = j;
+  }
+  // Longest CTAs first (the grid runs roughly in order): a schedule, not a change of any sum.
+  auto by_work = [](const Rec& a, const Rec& b) { return a.tiles > b.tiles; };
+  std::stable_sort(small.begin(), small.end(), by_work);
+  std::stable_sort(large.begin(), large.end(), by_work);
+  plan.n_small = static_cast<int32_t>(small.size());
+  plan.n_large = static_cast<int32_t>(large.size());
+  plan.n_merge = static_cast<int32_t>(merges.size());
+  plan.workspace_floats = n_partials * (head_dim + 2);
+  plan.work.reserve((small.size() + large.size() + merges.size()) * kAttnRecordInts);
+  for (const auto* list : {&small, &large, &merges})
+    for (const Rec& r : *list) plan.work.insert(plan.work.end(), r.v, r.v + kAttnRecordInts);
+  return plan;
+}
+
+void attention_paged(const PagedAttentionArgs& a, const AttentionPlan& plan, const int32_t* work,
+                     float* workspace, cudaStream_t stream) {
+  const int hd = plan.head_dim;
+  if (plan.T <= 0 || plan.n_heads <= 0) return;
+  DETINFER_CHECK(a.block_size > 0, "attention: block_size ", a.block_size);
+  DETINFER_CHECK(plan.split > 0 && plan.split % kAttnKeyTile == 0, "attention: plan split ", plan.split);
+  DETINFER_CHECK(plan.workspace_floats == 0 || workspace, "attention: the plan needs ",
+                 plan.workspace_floats, " workspace floats, got none");
+  DETINFER_CHECK(plan.n_small + plan.n_large + plan.n_merge == 0 || work, "attention: null work list");
+  Params p;
+  p.q = a.q, p.out = a.out, p.kc = a.k_cache, p.vc = a.v_cache;
+  p.pos = a.pos, p.table_off = a.table_off, p.tables = a.tables, p.ws = workspace;
+  p.block_size = a.block_size, p.scale = a.scale;
+  p.n_heads = plan.n_heads, p.n_kv_heads = plan.n_kv_heads, p.head_dim = hd;
+  p.group = plan.n_heads / plan.n_kv_heads;
+  p.split_tiles = plan.split / kAttnKeyTile;
+  p.vec16 = hd % 8 == 0 && reinterpret_cast<uintptr_t>(a.k_cache) % 16 == 0 &&
+            reinterpret_cast<uintptr_t>(a.v_cache) % 16 == 0;
+  if (plan.n_simple > 0) {
+    const int64_t blocks = (plan.n_simple + kSimpleWarps - 1) / kSimpleWarps;
+    DETINFER_CHECK(blocks < (int64_t{1} << 31), "attention: too many rows");
+    const unsigned b = static_cast<unsigned>(blocks);
+    if (hd <= 384) attn_simple_kernel<12><<<b, 32 * kSimpleWarps, 0, stream>>>(p, plan.n_simple);
+    else attn_simple_kernel<16><<<b, 32 * kSimpleWarps, 0, stream>>>(p, plan.n_simple);
+    check(cudaGetLastError(), "attention (warp kernel) launch");
+    return;
+  }
+  if (hd <= 32) launch_both<32>(p, plan, work, stream);
+  else if (hd <= 64) launch_both<64>(p, plan, work, stream);
+  else if (hd <= 96) launch_both<96>(p, plan, work, stream);
+  else if (hd <= 128) launch_both<128>(p, plan, work, stream);
+  else if (hd <= 192) launch_both<192>(p, plan, work, stream);
+  else launch_both<256>(p, plan, work, stream);
+  if (plan.n_merge > 0) {
+    const unsigned b = static_cast<unsigned>((plan.n_merge + kMergeWarps - 1) / kMergeWarps);
+    attn_merge_kernel<<<b, 32 * kMergeWarps, 0, stream>>>(
+        p, work + static_cast<int64_t>(plan.n_small + plan.n_large) * kAttnRecordInts, plan.n_merge);
+    check(cudaGetLastError(), "attention merge launch");
+  }
+}
+
+}  // namespace detinfer::cuda

@@ -1,0 +1,88 @@
+// Internal interface of the tensor-core paged attention (attention.cu): a bf16 paged KV cache, a
+// host planner that turns a step's tokens into a work list, and one launch call. Plain pointers to
+// device memory, enqueued on the given stream, throwing Error on a bad argument or a failed launch.
+//
+// What a row's bits depend on: a row is one (token, query head). Its output depends only on its
+// position and on the q/k/v contents of its sequence: never on the number of tokens in the step,
+// the rest of the batch, how the prompt was chunked, where the blocks are, the block size, the
+// grid, or which of the two split-merge paths (in registers or through the workspace) ran.
+// attention.cu documents the order of the arithmetic.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace detinfer::cuda {
+
+// Keys are reduced in tiles of this many positions aligned to absolute positions ([0,64), ...).
+constexpr int kAttnKeyTile = 64;
+// The KV range of a row is cut into splits of a fixed number of keys (a multiple of the tile),
+// reduced independently and merged in increasing order. Changing it changes bits (every path
+// alike): it is part of the numerical contract, not a tuning knob chosen from the load.
+constexpr int kAttnDefaultSplit = 512;
+// head_dim (even) up to this runs on the tensor cores (zero-padded to a multiple of 16 inside the
+// kernel); above it, up to kAttnPagedMaxHeadDim, a warp-per-row kernel with its own fixed order.
+constexpr int kAttnTensorCoreMaxHeadDim = 256;
+constexpr int kAttnPagedMaxHeadDim = 512;
+
+// Tests and benchmarks: the split size the next plans use (a positive multiple of kAttnKeyTile;
+// default kAttnDefaultSplit). A plan records the size it was made with.
+void set_attention_split(int keys);
+int attention_split();
+
+// One layer's cache as bf16 bits (round to nearest even from fp32):
+// k/v[num_blocks][block_size][n_kv_heads][head_dim]. Row (n_kv_heads*head_dim values) of token t
+// goes to cache slot slots[t] (= block * block_size + pos % block_size), as kv_write in launch.h.
+void kv_write_bf16(uint16_t* k_cache, uint16_t* v_cache, const float* k, const float* v, int64_t T,
+                   int64_t row, const int32_t* slots, cudaStream_t stream);
+
+// How a row's splits are merged. Every choice gives the same bits; kAuto is the fast one.
+enum class AttentionSchedule {
+  kAuto,   // single-token rows (decode) with several splits: one CTA per split + merge kernel;
+           // the rest: one CTA loops over its splits and merges in registers
+  kFused,  // every CTA loops over its splits (no workspace)
+  kSplit,  // every CTA does one split, partials merged by the merge kernel
+};
+
+// The work list of one step, made on the host from the same pos/seq arrays that are uploaded.
+// `work` is uploaded as is; the counts size the grids (two steps whose plans have equal counts
+// and head_dim launch the same grids, so a CUDA graph of one replays the other).
+struct AttentionPlan {
+  std::vector<int32_t> work;  // [n_small + n_large] items, then [n_merge] merge records
+  int32_t n_small = 0;        // items of <= 16 rows (four warps sharing the rows per CTA)
+  int32_t n_large = 0;        // items of 17..64 rows (four warps per CTA)
+  int32_t n_merge = 0;        // rows merged from partials
+  int64_t n_simple = 0;       // head_dim > 256: rows of the warp kernel (T * n_heads)
+  int64_t workspace_floats = 0;  // partials * (head_dim + 2); the workspace holds at least this
+  int32_t split = 0;          // keys per split
+  int64_t T = 0;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+};
+constexpr int kAttnRecordInts = 8;  // int32 per item and per merge record
+
+// pos[T], seq[T]: the step's tokens (a sequence's tokens are normally consecutive; runs of equal
+// seq are planned separately, so any order works). Throws Error on bad shapes or positions.
+AttentionPlan plan_attention(const int32_t* pos, const int32_t* seq, int64_t T, int n_heads,
+                             int n_kv_heads, int head_dim,
+                             AttentionSchedule schedule = AttentionSchedule::kAuto);
+
+struct PagedAttentionArgs {
+  const float* q = nullptr;           // [T, n_heads, head_dim], after RoPE; rounded to bf16 here
+  float* out = nullptr;               // [T, n_heads, head_dim]
+  const uint16_t* k_cache = nullptr;  // the layer's bf16 cache (kv_write_bf16 wrote this step's
+  const uint16_t* v_cache = nullptr;  // rows before this call)
+  const int32_t* pos = nullptr;        // [T] device copies of the arrays the plan was made from
+  const int32_t* table_off = nullptr;  // [T]: where token t's block table starts in `tables`
+  const int32_t* tables = nullptr;     // flattened block tables
+  int block_size = 0;
+  float scale = 0;  // scores are (q·k) * scale, one rounding
+};
+
+// out = causal softmax(q·kᵀ·scale)·v for every token of the plan. work: the device copy of
+// plan.work; workspace: at least plan.workspace_floats floats (may be null when that is 0).
+// q, out 8-byte aligned; caches 16-byte aligned for the vector loads (else 4-byte loads).
+void attention_paged(const PagedAttentionArgs& a, const AttentionPlan& plan, const int32_t* work,
+                     float* workspace, cudaStream_t stream);
+
+}  // namespace detinfer::cuda

@@ -1098,7 +1098,10 @@ void CudaOps::from_host(const float* src, int64_t n, float* dst) {
   s.sync();
 }
 
-bool CudaOps::samples_on_device() const { return impl_->device_sampling; }
+bool CudaOps::samples_on_device() const {
+  // Larger vocabularies than the GPU sampler takes are sampled on the CPU.
+  return impl_->device_sampling && impl_->config.vocab_size <= cuda::kSampleMaxVocab;
+}
 void CudaOps::set_device_sampling(bool enabled) {
   impl_->device_sampling = enabled && impl_->sampling_supported;
 }

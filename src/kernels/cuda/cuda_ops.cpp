@@ -314,6 +314,7 @@ struct CudaOps::Impl {
   const cuda::GemmWeight& matrix(const TensorView& w);
   const Stack& stack(int n, const TensorView* const* ws, const TensorView* const* biases);
   DeviceBuffer stack_out;  // a stacked GEMM's output before the split
+  static constexpr int64_t kStackMaxM = 64;  // above: one GEMM per part (matmul_n)
   // y = x·Wᵀ (+ bias) with the GEMM of this object's mode (x rounded to bf16 unless its copy is
   // already there).
   void gemm(const float* x, int64_t M, const cuda::GemmWeight& g, const float* bias, float* y);
@@ -962,6 +963,22 @@ void CudaOps::matmul_n(const float* x, int64_t M, int n, const TensorView* const
     return Ops::matmul_n(x, M, n, ws, biases, ys);
   const Impl::Stack& st = s.stack(n, ws, biases);
   if (M <= 0) return;
+  // Past decode sizes each part runs as its own GEMM on its rows of the stack (no split pass;
+  // a part's padded rows read the next part's, whose outputs are never written). At small M one
+  // GEMM over the whole stack fills the GPU better. The same bits either way.
+  bool views = M > Impl::kStackMaxM;
+  for (int i = 0; i < n && views; ++i)
+    views = st.offsets[i] + round_up(st.widths[i], cuda::kGemmBN) <= st.view.Np;
+  if (views) {
+    for (int i = 0; i < n; ++i) {
+      cuda::GemmWeight part = st.view;
+      part.w = st.view.w + st.offsets[i] * st.view.Kp;
+      part.N = st.widths[i];
+      part.Np = round_up(st.widths[i], cuda::kGemmBN);
+      s.gemm(x, M, part, with_bias ? st.bias.as<float>() + st.offsets[i] : nullptr, ys[i]);
+    }
+    return;
+  }
   const int64_t need = M * st.view.N * static_cast<int64_t>(sizeof(float));
   if (s.stack_out.bytes() < need) {
     s.sync();

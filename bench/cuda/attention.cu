@@ -5,8 +5,8 @@
 //   - anchor: a device-to-device copy of 1 GiB, counted as read + write bytes;
 //   - prefill: one sequence of T tokens (causal), TFLOP/s counted as 4·(T²/2)·heads·head_dim
 //     (QKᵀ and P·V, 2 flops per multiply-add, the causal half);
-//   - decode: batch B, one token per sequence at position ctx−1: GB/s of K and V bytes that the
-//     step must read (B·ctx·kv_heads·head_dim·2 bytes·2) against the copy;
+//   - decode: batch B (1 at ctx 160), one token per sequence at position ctx−1: GB/s of K and V
+//     bytes that the step must read (B·ctx·kv_heads·head_dim·2 bytes·2) against the copy;
 //   - a bits check: the prefill's last row equals the same row computed as a decode step.
 // Times are CUDA-event medians after warm-up; decode calls are timed as a CUDA graph of 20
 // calls (no host launch overhead, as in a captured decode step).
@@ -278,8 +278,9 @@ int main(int argc, char** argv) {
 
     // Decode.
     const std::vector<int> batches = profile ? std::vector<int>{1, 64} : quick ? std::vector<int>{1, 64} : std::vector<int>{1, 8, 64, 256};
-    for (int32_t ctx : {512, 4096})
-      for (int B : batches) {
+    // ctx 160 at batch 1: the context of the engine's decode benchmark.
+    for (int32_t ctx : {160, 512, 4096})
+      for (int B : ctx == 160 ? std::vector<int>{1} : batches) {
         Batch b(B, ctx, 1, old, 11 + B);
         Dev<float> q(static_cast<size_t>(B) * kHeads * kHd), out(static_cast<size_t>(B) * kHeads * kHd);
         fill_f32<<<1024, 256>>>(q.p, int64_t{B} * kHeads * kHd, 5, 2.0f);

@@ -2,7 +2,7 @@
 // the bf16 cache write, accuracy against an fp64 reference, and bitwise invariance of a
 // sequence's outputs under whole prefill, token-by-token decode (both split-merge paths),
 // chunked prefill among other sequences, other block placements and block sizes, and the split
-// schedules, across split boundaries.
+// schedules, across split boundaries; the optional bf16 copy of the output.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -106,6 +106,7 @@ struct Scenario {
   std::vector<std::vector<int32_t>> tables;  // per sequence
   std::vector<std::vector<Span>> steps;      // the token order of each step
   AttentionSchedule schedule = AttentionSchedule::kAuto;
+  bool bf16_copy = false;  // also ask for the bf16 copy of out and check it against out
 };
 
 // Distinct random blocks for each sequence.
@@ -172,9 +173,29 @@ Outputs run_scenario(const Shape& sh, const Scenario& s) {
     a.q = dq.p, a.out = dout.p, a.k_cache = kc.p, a.v_cache = vc.p;
     a.pos = dpos.p, a.table_off = dtoff.p, a.tables = tables.p;
     a.block_size = s.block_size, a.scale = sh.scale();
+    // The bf16 copy: rows wider than n_heads·head_dim, so that columns past it (which must stay
+    // untouched) exist.
+    const int64_t ld = (sh.qd() + 7) / 8 * 8 + 8;
+    Dev<uint16_t> dob(static_cast<size_t>(s.bf16_copy ? T * ld : 0));
+    if (s.bf16_copy) {
+      ck(cudaMemset(dob.p, 0xab, dob.n * sizeof(uint16_t)), "poison bf16 out");
+      a.out_bf16 = dob.p, a.out_bf16_ld = ld;
+    }
     attention_paged(a, plan, work.p, ws.p, nullptr);
     ck(cudaDeviceSynchronize(), "attention");
     const std::vector<float> o = dout.download(static_cast<size_t>(T * sh.qd()));
+    if (s.bf16_copy) {
+      const std::vector<uint16_t> ob = dob.download(static_cast<size_t>(T * ld));
+      int64_t bad = 0, first = -1;
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < ld; ++i) {
+          const uint16_t want = i < sh.qd() ? f32_to_bf16(o[t * sh.qd() + i]) : uint16_t{0xabab};
+          if (ob[t * ld + i] != want && bad++ == 0) first = t * ld + i;
+        }
+      EXPECT_EQ(bad, 0) << "bf16 copy: " << bad << " elements differ from the rounding of out (or were "
+                        << "written past n_heads*head_dim); first at token " << first / ld << " column "
+                        << first % ld;
+    }
     for (int64_t t = 0; t < T; ++t) {
       auto& rows = out[seq[t]];
       if (rows.size() <= static_cast<size_t>(pos[t])) rows.resize(pos[t] + 1);
@@ -420,6 +441,29 @@ TEST(AttentionPlan, RejectsBadArguments) {
   EXPECT_EQ(wide.n_small + wide.n_large + wide.n_merge, 0);
 }
 
+// A bad bf16 copy is refused before anything is launched (the pointers are never touched).
+TEST(AttentionPlan, RejectsBadBf16Output) {
+  const int32_t pos[2] = {0, 1}, seq[2] = {0, 0};
+  for (int hd : {64, 320}) {
+    const AttentionPlan plan = plan_attention(pos, seq, 2, 8, 2, hd);
+    PagedAttentionArgs a;
+    a.block_size = 16, a.scale = 0.125f;
+    alignas(16) static uint16_t fake[16];
+    const int32_t* work = reinterpret_cast<const int32_t*>(fake);
+    const int64_t row = 8 * int64_t{hd};
+    a.out_bf16 = fake;
+    a.out_bf16_ld = row - 8;  // narrower than a row
+    EXPECT_THROW(attention_paged(a, plan, work, nullptr, nullptr), Error) << hd;
+    a.out_bf16_ld = row + 4;  // not a multiple of 8
+    EXPECT_THROW(attention_paged(a, plan, work, nullptr, nullptr), Error) << hd;
+    a.out_bf16_ld = 0;
+    EXPECT_THROW(attention_paged(a, plan, work, nullptr, nullptr), Error) << hd;
+    a.out_bf16_ld = row + 8;
+    a.out_bf16 = fake + 1;  // 2-byte aligned only
+    EXPECT_THROW(attention_paged(a, plan, work, nullptr, nullptr), Error) << hd;
+  }
+}
+
 // ---- GPU -----------------------------------------------------------------------------------------
 TEST(AttentionKernel, KvWriteRoundsToNearestEven) {
   ATTN_REQUIRE_GPU();
@@ -483,6 +527,41 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernel,
                                            Shape{2, 2, 256}, Shape{8, 2, 256}, Shape{14, 2, 256},
                                            Shape{8, 2, 18}, Shape{16, 1, 96}, Shape{8, 2, 320},
                                            Shape{14, 2, 512}),
+                         [](const auto& info) { return shape_name(info.param); });
+
+// The bf16 copy of out equals the rounding of out, bit for bit, and asking for it changes no bit
+// of out: a one-shot prefill (the in-CTA store), decode through the split partials and the merge
+// kernel, decode with the splits merged in the CTA (the shared-rows kernel's store), chunks among
+// other sequences; head_dim 320 runs the warp-per-row kernel.
+class AttentionKernelBf16 : public ::testing::TestWithParam<Shape> {};
+TEST_P(AttentionKernelBf16, CopyIsTheRoundingOfOut) {
+  ATTN_REQUIRE_GPU();
+  const Shape sh = GetParam();
+  SplitGuard split(128);
+  using AS = AttentionSchedule;
+  constexpr int32_t P = 300;
+  struct Case {
+    const char* what;
+    Scenario s;
+  };
+  const Case cases[] = {
+      {"prefill", whole(P, 16, 1, AS::kAuto)},
+      {"decode (split partials + merge kernel)", decode(P, 16, 2, AS::kAuto)},
+      {"decode, splits merged in the CTA", decode(P, 32, 3, AS::kFused)},
+      {"chunks of 7 among others", mixed(P, 7, 32, 6, AS::kAuto)},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    Scenario with = c.s;
+    with.bf16_copy = true;
+    const Outputs a = run_scenario(sh, with), b = run_scenario(sh, c.s);
+    for (size_t q = 0; q < a.size(); ++q)
+      EXPECT_EQ(bit_difference(a[q], b[q]), "") << "sequence " << q << ": out changed by the bf16 copy";
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernelBf16,
+                         ::testing::Values(Shape{32, 8, 128}, Shape{14, 2, 64}, Shape{8, 2, 18},
+                                           Shape{2, 2, 256}, Shape{8, 2, 320}),
                          [](const auto& info) { return shape_name(info.param); });
 
 // A decode step of 200 sequences (more than two decode CTAs per SM, so the launcher picks its

@@ -15,6 +15,7 @@
 #include "common/paths.h"
 #include "cuda_ops_test_util.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/gemm_wgmma.h"
 #include "model/llama.h"
 #include "model/loader.h"
 #include "runtime/engine.h"
@@ -186,6 +187,19 @@ TEST_P(CudaOpsEngine, GraphsOnAndOffGiveTheSameBits) {
   const auto on = run_engine(m, [](CudaOps& o) { o.set_cuda_graphs(true); }, &replays_on);
   EXPECT_EQ(replays_off, 0);
   EXPECT_GT(replays_on, 10) << "decode steps were not replayed from CUDA graphs";
+  expect_same_bits(off, on);
+}
+
+// Programmatic dependent launch (a GEMM starts loading its weights while the kernel before it
+// runs, gemm_wgmma.cu) on and off: the same bits. A GEMM that read its activations before the
+// kernel that writes them finished would show here.
+TEST_P(CudaOpsEngine, ProgrammaticLaunchOnAndOffGiveTheSameBits) {
+  CUDA_OPS_REQUIRE_GPU();
+  LoadedModel m = load_model(model_path(GetParam()));
+  cuda::set_gemm_pdl(false);
+  const auto off = run_engine(m, [](CudaOps&) {});
+  cuda::set_gemm_pdl(true);
+  const auto on = run_engine(m, [](CudaOps&) {});
   expect_same_bits(off, on);
 }
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -443,6 +444,50 @@ TEST(CudaOpsCpuRecipes, RopeIsBitwiseEqualToCpuAndCloseToFp64) {
             ASSERT_NEAR(got[o + i + half], r1, tol);
           }
     }
+  }
+}
+
+// rope(q), rope(k), attention(q, k, v): CudaOps runs the rotations and the cache writes in one
+// kernel (rope_kv_write). Against the same calls with a copy to the host between them (which runs
+// the rotations on their own, then the plain cache write): the same q, k, outputs and cache (the
+// next step's attention reads it), for a prefill then a decode step, with and without llama3
+// scaling.
+TEST(CudaOpsFusion, RopeWithAttentionGivesTheSeparateBits) {
+  CUDA_OPS_REQUIRE_GPU();
+  for (int variant = 0; variant < 2; ++variant) {
+    const ModelConfig c = small_config(variant == 1, false);
+    const int64_t Q = int64_t{c.n_heads} * c.head_dim, KV = int64_t{c.n_kv_heads} * c.head_dim;
+    std::vector<std::vector<float>> got[2];
+    for (int separate = 0; separate < 2; ++separate) {
+      CudaOps ops(0);
+      ops.init(c, small_kv(c));
+      std::vector<int32_t> pos(70);
+      std::iota(pos.begin(), pos.end(), 0);
+      for (const std::vector<int32_t>& step_pos : {pos, std::vector<int32_t>{70}}) {
+        const int64_t T = static_cast<int64_t>(step_pos.size());
+        const StepBatch b = step_at(step_pos, std::vector<int32_t>(step_pos.size(), 1));
+        DeviceArray q(ops, 0, T * Q), k(ops, 1, T * KV), v(ops, 2, T * KV), out(ops, 3, T * Q);
+        q.upload(random_normal(T * Q, 50 + T + variant));
+        k.upload(random_normal(T * KV, 60 + T + variant));
+        v.upload(random_normal(T * KV, 70 + T + variant));
+        out.poison();
+        ops.begin_step(b);
+        ops.rope(q.ptr, c.n_heads);
+        ops.rope(k.ptr, c.n_kv_heads);
+        std::vector<float> sink(1);
+        if (separate) ops.to_host(q.ptr, 1, sink.data());  // runs the pending rotations
+        ops.attention(0, q.ptr, k.ptr, v.ptr, out.ptr);
+        got[separate].push_back(q.download());
+        got[separate].push_back(k.download());
+        got[separate].push_back(out.download());
+      }
+    }
+    ASSERT_EQ(got[0].size(), got[1].size());
+    const char* what[3] = {"q", "k", "attention output"};
+    for (size_t i = 0; i < got[0].size(); ++i)
+      EXPECT_EQ(first_bit_difference(got[0][i].data(), got[1][i].data(),
+                                     static_cast<int64_t>(got[0][i].size())), -1)
+          << "variant " << variant << " step " << i / 3 << " " << what[i % 3];
   }
 }
 

@@ -3,9 +3,10 @@
 // Rows and CTAs. A row is one (token, query head). A CTA takes up to 64 rows (16 per warp, the M
 // of mma.sync m16n8k16) of ONE run of consecutive tokens of a sequence that share one kv head:
 // the group's query heads × one or more tokens. Items of up to 16 rows (decode) run in CTAs of
-// four warps that share those rows (SH below) and split P·V by head_dim columns. Every element of an mma depends only on its own
-// row of A and column of B, so which rows share a CTA (decode: the heads of one token; prefill:
-// several tokens) never changes a row's bits.
+// four warps that share those rows (SH below): S is split over the warps by keys, P·V by head_dim
+// columns, and the softmax's row trees are completed through shared memory in the same shape.
+// Every element of an mma depends only on its own row of A and column of B, so which rows share
+// a CTA (decode: the heads of one token; prefill: several tokens) never changes a row's bits.
 //
 // The order of the arithmetic for one row at position `pos` (keys 0..pos of its sequence):
 //   q, k, v are bf16 (q rounded to nearest even as it is loaded; the cache holds bf16 bits);
@@ -21,6 +22,8 @@
 //       columns pairwise (row_tree), then the quad by xor 1, xor 2 (the max uses the same tree)
 //     o = bf16(p)·v: one fp32 accumulator per (row, dim), +0 first, one mma per 16 keys in
 //       increasing order;  acc = acc·f + o, f = c where m' != m, else 1 (x·1 = x: no rescale)
+//   (An SH warp runs the first levels of those trees for its own keys; shared memory carries the
+//   per-lane subtrees to every warp, which runs the rest of the same tree.)
 //   A tile with no key <= pos (the row's tokens share a CTA with later ones) leaves the row's
 //   state untouched (a select, not arithmetic that happens to be exact).
 //   Splits are merged in increasing order from the empty state by merge_coef/merge_elem below
@@ -32,6 +35,11 @@
 // 0·NaN would poison the row's o); padding columns of q/k/v are zeros.
 //
 // head_dim > 256: one warp per row (attn_simple_kernel), its own fixed order (documented there).
+// Optional bf16 copy of out (args.out_bf16): each final store (the CTA's, the merge kernel's, the
+// warp kernel's) also writes the round-to-nearest-even bf16 of the fp32 value it stores.
+// Every kernel here starts with griddepcontrol.launch_dependents (pdl.cuh): a dependent launched
+// with programmatic serialization may start its prologue early; its griddepcontrol.wait still
+// returns only after this grid has finished and its writes are visible, so no bit changes.
 #include "kernels/cuda/attention.h"
 
 #include <cuda_bf16.h>
@@ -45,6 +53,7 @@
 #include "common/error.h"
 #include "kernels/cuda/det_math.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace detinfer::cuda {
 
@@ -64,6 +73,8 @@ struct Params {
   const int32_t* table_off;
   const int32_t* tables;
   float* ws;
+  uint16_t* obf;   // optional bf16 copy of out (null: none), row stride obf_ld per token
+  int64_t obf_ld;
   int block_size;
   float scale;
   int n_heads, n_kv_heads, head_dim, group;
@@ -120,6 +131,13 @@ __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, 
 // One row's 16 values in a lane's S fragments (row g: h = 0, row g + 8: h = 1), in the order
 // k = 2·(n-tile) + column, reduced by a fixed pairwise tree:
 //   ((v0∘v1)∘(v2∘v3))∘((v4∘v5)∘(v6∘v7)) ∘ (the same over v8..v15).
+// The same tree over N (a power of two) consecutive leaves: row_tree is tree<8> over the lane's
+// eight n-tile pairs, and tree<8> = tree<NW>(tree<8/NW> of each warp's 8/NW pairs).
+template <int N, typename Op>
+__device__ __forceinline__ float tree(const float* a, Op op) {
+  if constexpr (N == 1) return a[0];
+  else return op(tree<N / 2>(a, op), tree<N / 2>(a + N / 2, op));
+}
 template <typename Op>
 __device__ __forceinline__ float row_tree(const float (&s)[8][4], int h, Op op) {
   float a[8];
@@ -168,23 +186,40 @@ __device__ __forceinline__ float merge_elem(const MergeCoef& c, float x_a, float
 // to 168 for it; decode CTAs with NB = 3: 128, four CTAs per SM). NB = 4: K and V of the next
 // tile both load during the whole tile (a double buffer), for grids too small to fill the GPU.
 // Same math either way.
-// SH (shared rows, decode): the CTA's NW warps all take the same 16 rows. They issue each tile's
-// copies together, each computes S and the softmax of the 16 rows (the instructions a prefill
-// warp runs for its 16 rows, on the same inputs: the same bits), and warp w computes P·V only for
-// its share of the head_dim columns (pairs of 8-wide tiles [w·PW, (w + 1)·PW)): an output
-// element's mmas and fold into acc are the prefill warp's, whichever warp runs them.
+// SH (shared rows, decode): the CTA's NW warps all take the same 16 rows and issue each tile's
+// copies together. A decode CTA is alone on its SM at small batch, so the tile's latency is the
+// step's: the work of a tile is split, not repeated (it used to be: every warp computed all of S
+// and the softmax). Warp w computes S only for n-tiles 2w, 2w + 1 (keys 16w..16w + 15 of the
+// tile: the prefill warp's mma chains for those keys), and the row trees are cut where the warps
+// meet: each lane's subtree op(a[2w], a[2w + 1]) goes through shared memory and every warp
+// finishes the same tree (tree<8> = tree<4> of the warps' tree<2>), then the same quad shuffles:
+// the prefill warp's max and sum, value for value. Each warp writes its n-tiles of bf16(p), which
+// are exactly the A fragment of k-chunk w of P·V, and every warp reads all four back. m, l, c, f
+// are then computed by every warp from the same values. Warp w computes P·V only for its share
+// of the head_dim columns (pairs of 8-wide tiles [w·PW, (w + 1)·PW)), k-chunks 0..3 from +0 as
+// before: an output element's mmas and fold into acc are the prefill warp's, whichever warp runs
+// them. Two barriers per tile are added (one doubles as the NB = 3 "V landed" barrier). The
+// exchange takes no shared memory of its own (phase_s_sh), so the NB = 3 CTAs still fit four per
+// SM: with a 4 KiB region of their own they fitted three, and a 512-CTA grid (batch 64 at 512,
+// batch 8 at 4096) took two waves and ran 15-20% slower than before.
+constexpr bool kShSplitMany = true;  // NB = 3 SH CTAs split S too (H100: 10-13% faster than not)
 template <int HDP, int NW, int NB, bool SH = false>
 struct TcShape {
   static_assert(NB == 3 || NB == 4, "three or four tile buffers");
   static constexpr int LD = HDP + 8;  // bf16 row stride: ldmatrix rows fall in distinct banks
   static constexpr int QROWS = SH ? 16 : 16 * NW;
-  static constexpr size_t smem_bytes =
-      size_t(QROWS + NB * KT) * LD * sizeof(uint16_t) + 2 * KT * sizeof(int32_t);
+  static constexpr bool SPLIT = SH && (NB == 4 || kShSplitMany);  // S split over the warps
+  static_assert(!SPLIT || NW == 4, "split S: two n-tiles (16 keys, 16 K rows) per warp");
+  static_assert(!SPLIT || NB * KT * 4 >= 768, "split S: the exchange fits the row padding");
+  // HDP = 32 (head_dim <= 32, possibly < 8): the max exchange gets its own 1 KiB (see phase_s_sh).
+  static constexpr size_t smem_bytes = size_t(QROWS + NB * KT) * LD * sizeof(uint16_t) +
+                                       2 * KT * sizeof(int32_t) + (SPLIT && HDP == 32 ? 1024 : 0);
 };
 
 template <int HDP, int NW, int NB, bool SH>
 __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 3 ? 4 : NB == 3 || SH ? 3 : 1) : 1)
     attn_tc_kernel(const Params p, const int32_t* __restrict__ items) {
+  pdl_launch_dependents();
   using Shape = TcShape<HDP, NW, NB, SH>;
   constexpr int LD = Shape::LD, NT = NW * 32, NC = HDP / 16, ND = HDP / 8;
   // P·V: pairs of 8-wide column tiles per warp (PW); SH: this warp's first pair dp0. The
@@ -250,6 +285,10 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
   auto out_row = [&](int r) -> int64_t {
     const int rr = r0 + r;
     return (static_cast<int64_t>(tok0 + rr / G) * p.n_heads + kvh * G + rr % G) * hd;
+  };
+  auto out_bf16_row = [&](int r) -> int64_t {
+    const int rr = r0 + r;
+    return static_cast<int64_t>(tok0 + rr / G) * p.obf_ld + static_cast<int64_t>(kvh * G + rr % G) * hd;
   };
 
   // Cache slot of a key (-1 past max_pos: loaded as zeros).
@@ -407,11 +446,121 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
         pa[kc][3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
       }
     };
-    if (active) {
+    // SH: S and the softmax split over the warps (see TcShape). Its two exchanges take two
+    // barriers; the second is also the NB = 3 "V landed" barrier. The warps share rows, so
+    // `active` and `dense` are the same in all of them (and `active` always holds: the rows' last
+    // position is max_pos).
+    auto phase_s_sh = [&](auto masked_tag) {
+      constexpr bool kMasked = decltype(masked_tag)::value;
+      const int w = tid >> 5, j0 = 2 * w;  // this warp's n-tiles j0, j0 + 1: keys 16w..16w + 15
+      uint16_t* kt = ks + kbuf * KT * LD;
+      // Exchange words (no shared memory of their own, so four NB = 3 CTAs still fit an SM):
+      // the max subtrees in columns 0..7 of each warp's own 16 K rows of this tile (read by that
+      // warp only, dead once its S is done; overwritten by the next loads only after the second
+      // barrier; HDP = 32, where head_dim may be < 8 and columns past it must stay zero: a 1 KiB
+      // region of their own); the sum subtrees (words [0, 256)) and P (words [256, 768)) in the
+      // padding columns [HDP, LD) of the tile buffers, which no load or ldmatrix touches.
+      // Lane-consecutive words fall in distinct banks (row strides are 4 or 20 words mod 32).
+      auto own_word = [&](int v, int i) {
+        if constexpr (HDP == 32) return reinterpret_cast<uint32_t*>(slot_s + 2 * KT) + v * 64 + i;
+        else return reinterpret_cast<uint32_t*>(kt + (16 * v + (i >> 2)) * LD) + (i & 3);
+      };
+      auto pad_word = [&](int i) { return reinterpret_cast<uint32_t*>(ks + (i >> 2) * LD + HDP) + (i & 3); };
+      float s[2][4];
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+      uint32_t qa[2][4], kb[2][4];
+      auto load_qk = [&](int c, int b) {
+        ldsm_x4(qa[b], qs + (lane & 15) * LD + c * 16 + (lane >> 4) * 8);
+        ldsm_x4(kb[b], kt + (w * 16 + (lane & 7) + (lane >> 4) * 8) * LD + c * 16 + ((lane >> 3) & 1) * 8);
+      };
+      load_qk(0, 0);
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        if (c * 16 >= hd) break;
+        if (c + 1 < NC && (c + 1) * 16 < hd) load_qk(c + 1, (c + 1) & 1);
+        mma_bf16(s[0], qa[c & 1], kb[c & 1][0], kb[c & 1][1]);
+        mma_bf16(s[1], qa[c & 1], kb[c & 1][2], kb[c & 1][3]);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
+          s[j][e] = !kMasked || key <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[j][e], p.scale) : kNegInf;
+        }
+      // A row tree's first levels over this warp's n-tile pair: op(a[j0], a[j0 + 1]).
+      auto subtree = [&](auto op, int h) { return op(op(s[0][2 * h], s[0][2 * h + 1]), op(s[1][2 * h], s[1][2 * h + 1])); };
+      // The rest of the tree from the four warps' subtrees (word(v, i): warp v's word i), then
+      // the quad.
+      auto finish = [&](auto op, auto word, float& lo, float& hi) {
+        float a[NW], b[NW];
+#pragma unroll
+        for (int v = 0; v < NW; ++v) a[v] = __uint_as_float(*word(v, lane)), b[v] = __uint_as_float(*word(v, 32 + lane));
+        lo = tree<NW>(a, op), hi = tree<NW>(b, op);
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+          lo = op(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+          hi = op(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+        }
+      };
+      __syncwarp();  // this warp's ldmatrix reads of its K rows are done before they are overwritten
+      *own_word(w, lane) = __float_as_uint(subtree(max_sel, 0));
+      *own_word(w, 32 + lane) = __float_as_uint(subtree(max_sel, 1));
+      __syncthreads();  // every warp's max subtrees written
+      float mt_lo, mt_hi;
+      finish(max_sel, own_word, mt_lo, mt_hi);
+      act_lo = !kMasked || p0 <= pos_lo;
+      act_hi = !kMasked || p0 <= pos_hi;
+      const float mn_lo = max_sel(m_lo, mt_lo), mn_hi = max_sel(m_hi, mt_hi);
+      const float c_lo = act_lo ? det_expf(__fsub_rn(m_lo, mn_lo)) : 1.0f;
+      const float c_hi = act_hi ? det_expf(__fsub_rn(m_hi, mn_hi)) : 1.0f;
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
+          const float d = __fsub_rn(s[j][e], e < 2 ? mn_lo : mn_hi);
+          s[j][e] = !kMasked || key <= (e < 2 ? pos_lo : pos_hi) ? det_expf(d) : 0.0f;
+        }
+      *pad_word(w * 64 + lane) = __float_as_uint(subtree(add_rn, 0));
+      *pad_word(w * 64 + 32 + lane) = __float_as_uint(subtree(add_rn, 1));
+      // bf16(p) of n-tile j: words 256 + 64j + (0: keys' row g, 32: row g + 8) + lane.
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        *pad_word(256 + 64 * (j0 + j) + lane) = pack_bf16(s[j][0], s[j][1]);
+        *pad_word(256 + 64 * (j0 + j) + 32 + lane) = pack_bf16(s[j][2], s[j][3]);
+      }
+      f_lo = act_lo && mn_lo != m_lo ? c_lo : 1.0f;
+      f_hi = act_hi && mn_hi != m_hi ? c_hi : 1.0f;
+      if (act_lo) m_lo = mn_lo;
+      if (act_hi) m_hi = mn_hi;
+      if (NB == 3) cp_async_wait<1>();
+      __syncthreads();  // sum subtrees and P written; NB = 3: V of tile t landed, all are done with K
+      if (NB == 3) {
+        if (more) issue_one(vbase, kbuf, ring ^ 1);  // kbuf == next_buf(vbuf)
+        cp_async_commit();
+      }
+      float ps_lo, ps_hi;
+      finish(add_rn, [&](int v, int i) { return pad_word(v * 64 + i); }, ps_lo, ps_hi);
+      if (act_lo) l_lo = __fadd_rn(__fmul_rn(l_lo, c_lo), ps_lo);
+      if (act_hi) l_hi = __fadd_rn(__fmul_rn(l_hi, c_hi), ps_hi);
+      // P as the A operand: k-chunk kc is n-tiles 2kc, 2kc + 1 (the prefill warp's pack order).
+#pragma unroll
+      for (int kc = 0; kc < 4; ++kc)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) pa[kc][i] = *pad_word(256 + 128 * kc + 32 * i + lane);
+    };
+    if constexpr (Shape::SPLIT) {
+      if (dense) phase_s_sh(std::false_type());
+      else phase_s_sh(std::true_type());
+    } else if (active) {
       if (dense) phase_s(std::false_type());
       else phase_s(std::true_type());
     }
-    if (NB == 3) {
+    if (NB == 3 && !Shape::SPLIT) {
       cp_async_wait<1>();
       __syncthreads();  // V of tile t landed; all are done with K of tile t
       if (more) issue_one(vbase, kbuf, ring ^ 1);  // kbuf == next_buf(vbuf)
@@ -527,7 +676,9 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
         float2 v;
         if (kRegMerge) v = make_float2(accR[kRegMerge ? d : 0][2 * h], accR[kRegMerge ? d : 0][2 * h + 1]);
         else v = *reinterpret_cast<const float2*>(o + c);
-        *reinterpret_cast<float2*>(o + c) = make_float2(__fdiv_rn(v.x, l), __fdiv_rn(v.y, l));
+        v = make_float2(__fdiv_rn(v.x, l), __fdiv_rn(v.y, l));
+        *reinterpret_cast<float2*>(o + c) = v;
+        if (p.obf) *reinterpret_cast<uint32_t*>(p.obf + out_bf16_row(r) + c) = pack_bf16(v.x, v.y);
       }
     }
   }
@@ -538,6 +689,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
 // first + stride, ... merged in increasing split order from the empty state; out = acc / l.
 constexpr int kMergeWarps = 4;
 __global__ void __launch_bounds__(32 * kMergeWarps) attn_merge_kernel(const Params p, const int32_t* __restrict__ recs, int n) {
+  pdl_launch_dependents();
   const int w = blockIdx.x * kMergeWarps + (threadIdx.x >> 5);
   if (w >= n) return;
   const int lane = threadIdx.x & 31;
@@ -565,10 +717,14 @@ __global__ void __launch_bounds__(32 * kMergeWarps) attn_merge_kernel(const Para
     m = cf.m, l = cf.l;
   }
   float* o = p.out + (static_cast<int64_t>(tok) * p.n_heads + head) * hd;
+  uint16_t* ob = p.obf ? p.obf + static_cast<int64_t>(tok) * p.obf_ld + static_cast<int64_t>(head) * hd : nullptr;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int c = 2 * lane + 64 * i;
-    if (c < hd) *reinterpret_cast<float2*>(o + c) = make_float2(__fdiv_rn(acc[i][0], l), __fdiv_rn(acc[i][1], l));
+    if (c >= hd) continue;
+    const float2 v = make_float2(__fdiv_rn(acc[i][0], l), __fdiv_rn(acc[i][1], l));
+    *reinterpret_cast<float2*>(o + c) = v;
+    if (ob) *reinterpret_cast<uint32_t*>(ob + c) = pack_bf16(v.x, v.y);
   }
 }
 
@@ -586,6 +742,7 @@ __device__ __forceinline__ float bf16_bits(uint16_t b) { return __uint_as_float(
 
 template <int PER>
 __global__ void __launch_bounds__(32 * kSimpleWarps) attn_simple_kernel(const Params p, int64_t n_rows) {
+  pdl_launch_dependents();
   const int64_t task = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + (threadIdx.x >> 5);
   if (task >= n_rows) return;
   const int lane = threadIdx.x & 31;
@@ -653,16 +810,21 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) attn_simple_kernel(const Pa
     m = m_new;
   }
   float* out = p.out + task * hd;
+  uint16_t* ob = p.obf ? p.obf + t * p.obf_ld + static_cast<int64_t>(h) * hd : nullptr;
 #pragma unroll
   for (int i = 0; i < PER; ++i) {
     const int e = lane + 32 * i;
-    if (e < hd) out[e] = __fdiv_rn(acc[i], l);
+    if (e >= hd) continue;
+    const float v = __fdiv_rn(acc[i], l);
+    out[e] = v;
+    if (ob) ob[e] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
   }
 }
 
 __global__ void kv_write_bf16_kernel(uint16_t* k_cache, uint16_t* v_cache, const float* __restrict__ k,
                                      const float* __restrict__ v, int64_t n, int64_t row,
                                      const int32_t* __restrict__ slots) {
+  pdl_launch_dependents();
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = idx / row, e = idx % row;
@@ -707,8 +869,10 @@ int sm_count() {
 // Decode CTAs (items of <= 16 rows): four warps sharing the rows (SH); four tile buffers up to
 // two CTAs per SM, three beyond. On H100 (32/8 heads, head_dim 128) this measured 1.7-1.9x faster
 // than one-warp CTAs at batch 1-8 and 1.15-1.3x at batch 64-256 (one warp per CTA was slower at
-// every batch measured, so it is not kept). Prefill CTAs: three buffers, four for head_dim 256.
-// A schedule only: the bits are the same.
+// every batch measured, so it is not kept). Splitting S over the four warps then gave another
+// 1.1-1.3x at batch 1-8 and 1.1x at batch 64-256; eight warps per decode CTA (one n-tile each)
+// were slower at every batch (1.1x at batch 1, about 1.7x at batch >= 64). Prefill CTAs: three
+// buffers, four for head_dim 256. A schedule only: the bits are the same.
 template <int HDP>
 void launch_both(const Params& p, const AttentionPlan& plan, const int32_t* work, cudaStream_t stream) {
   if (plan.n_small <= 2 * sm_count()) launch_tc<HDP, 4, 4, true>(p, work, plan.n_small, stream);
@@ -824,8 +988,15 @@ void attention_paged(const PagedAttentionArgs& a, const AttentionPlan& plan, con
   DETINFER_CHECK(plan.workspace_floats == 0 || workspace, "attention: the plan needs ",
                  plan.workspace_floats, " workspace floats, got none");
   DETINFER_CHECK(plan.n_small + plan.n_large + plan.n_merge == 0 || work, "attention: null work list");
+  if (a.out_bf16) {
+    DETINFER_CHECK(a.out_bf16_ld >= int64_t{plan.n_heads} * hd && a.out_bf16_ld % 8 == 0,
+                   "attention: out_bf16_ld ", a.out_bf16_ld, " is not a multiple of 8 of at least n_heads*head_dim = ",
+                   int64_t{plan.n_heads} * hd);
+    DETINFER_CHECK(reinterpret_cast<uintptr_t>(a.out_bf16) % 4 == 0, "attention: out_bf16 is not 4-byte aligned");
+  }
   Params p;
   p.q = a.q, p.out = a.out, p.kc = a.k_cache, p.vc = a.v_cache;
+  p.obf = a.out_bf16, p.obf_ld = a.out_bf16_ld;
   p.pos = a.pos, p.table_off = a.table_off, p.tables = a.tables, p.ws = workspace;
   p.block_size = a.block_size, p.scale = a.scale;
   p.n_heads = plan.n_heads, p.n_kv_heads = plan.n_kv_heads, p.head_dim = hd;

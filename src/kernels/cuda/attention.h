@@ -77,6 +77,12 @@ struct PagedAttentionArgs {
   const int32_t* tables = nullptr;     // flattened block tables
   int block_size = 0;
   float scale = 0;  // scores are (q·k) * scale, one rounding
+  // Optional bf16 copy of out (the next GEMM's input): when not null, output (t, h, d) is also
+  // written as the bf16 bits of the final fp32 value (round to nearest even) at
+  // out_bf16[t * out_bf16_ld + h * head_dim + d]; out_bf16_ld >= n_heads * head_dim, a multiple
+  // of 8; out_bf16 4-byte aligned; columns past n_heads * head_dim are not written.
+  uint16_t* out_bf16 = nullptr;
+  int64_t out_bf16_ld = 0;
 };
 
 // out = causal softmax(q·kᵀ·scale)·v for every token of the plan. work: the device copy of

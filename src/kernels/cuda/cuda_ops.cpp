@@ -185,6 +185,7 @@ struct CudaOps::Impl {
     step_graphs.clear();
   }
   void abort_capture() {  // a forward pass that threw while being recorded
+    n_pending_rope = 0;     // (its deferred rotations were part of the recording)
     if (!capturing) return;
     cudaGraph_t g = nullptr;
     cudaStreamEndCapture(stream, &g);
@@ -236,6 +237,18 @@ struct CudaOps::Impl {
     ProfScope(const ProfScope&) = delete;
     ProfScope& operator=(const ProfScope&) = delete;
   };
+  // RoPE waits for the attention that reads it (Ops::rope only records it): the attention of
+  // the q and k it was asked to rotate runs the rotations and the cache writes in one kernel
+  // (cuda::rope_kv_write). Every other op first runs what is pending (flush_rope), so each op
+  // sees the buffers exactly as the separate launches would have left them.
+  struct PendingRope {
+    float* x;
+    int n_heads;
+  };
+  PendingRope pending_rope[2] = {};
+  int n_pending_rope = 0;
+  void flush_rope();
+
   // Unique K/V bytes the step's attention reads (all layers' shapes are equal: per layer).
   double attn_kv_bytes = 0;
 
@@ -318,6 +331,13 @@ struct CudaOps::Impl {
   // y = x·Wᵀ (+ bias) with the GEMM of this object's mode (x rounded to bf16 unless its copy is
   // already there).
   void gemm(const float* x, int64_t M, const cuda::GemmWeight& g, const float* bias, float* y);
+  // The same into column parts (cuda::GemmParts): the Hopper GEMM writes them directly (only
+  // there: callers use it when gemm_writes_parts()).
+  void gemm_parts(const float* x, int64_t M, const cuda::GemmWeight& g, const float* bias,
+                  const cuda::GemmParts& out);
+  bool gemm_writes_parts() const { return deterministic && hopper; }
+  // x rounded to bf16 once (x_bf16, rows of twin_ld(K)) unless its copy is already there.
+  int64_t round_input(const float* x, int64_t M, int64_t K);
   const Raw& raw_table(const TensorView& t);
   const float* vector(const TensorView& t, int64_t n, const char* what);
   void ensure_rope_rows(int64_t rows);
@@ -558,6 +578,9 @@ CudaOps::CudaOps(int device, bool deterministic) : impl_(std::make_unique<Impl>(
     impl_->graphs = !impl_->profile && !(g && std::string(g) == "0");
     const char* gs = std::getenv("DETINFER_GPU_SAMPLING");
     impl_->device_sampling = !(gs && std::string(gs) == "0");
+    // Programmatic dependent launch of the GEMMs (process-wide; for timing comparisons).
+    const char* pdl = std::getenv("DETINFER_PDL");
+    if (pdl && std::string(pdl) == "0") cuda::set_gemm_pdl(false);
   }
   {
     cudaDeviceProp p{};
@@ -713,6 +736,7 @@ float* CudaOps::scratch(int slot, int64_t n) {
   const int64_t bytes = n * static_cast<int64_t>(sizeof(float));
   if (b.bytes() < bytes || b.bytes() == 0) {
     s.set_device();
+    s.flush_rope();  // (it may rotate this buffer)
     s.sync();  // queued kernels may still use the old buffer
     ++s.generation;
     s.forget_twin();
@@ -726,6 +750,7 @@ void CudaOps::begin_step(const StepBatch& batch) {
   DETINFER_CHECK(s.initialized, "cuda: begin_step before init");
   s.set_device();
   s.abort_capture();
+  s.flush_rope();
   s.forget_twin();
   const int64_t T = batch.n_tokens();
   const int64_t L = static_cast<int64_t>(batch.logit_tokens.size());
@@ -856,6 +881,7 @@ bool CudaOps::replay_forward() {
 
 void CudaOps::end_forward() {
   Impl& s = *impl_;
+  s.flush_rope();
   if (!s.capturing) return;
   s.capturing = false;
   cudaGraph_t graph = nullptr;
@@ -901,6 +927,7 @@ void CudaOps::embed(const TensorView& table, float* x) {
   Impl& s = *impl_;
   s.require_step("embed");
   s.set_device();
+  s.flush_rope();
   const Impl::Raw& r = s.raw_table(table);
   s.embed_rows = r.rows;
   s.forget_twin();
@@ -912,23 +939,32 @@ void CudaOps::embed(const TensorView& table, float* x) {
               s.T, x, s.stream);
 }
 
+int64_t CudaOps::Impl::round_input(const float* x, int64_t M, int64_t K) {
+  // x rounded to bf16 once (round to nearest even, as every kernel here), rows of Kp: the input
+  // of both the wgmma GEMM and cuBLAS. Skipped when the op that made x also wrote its bf16 copy.
+  const int64_t ld = twin_ld(K);
+  if (!(twin_valid && twin_src == x && twin_rows == M && twin_K == K)) {
+    uint16_t* xb = bf16_input(M, K);
+    DETINFER_PROFILE_OP(*this, shape_key("round to bf16", M, K, M), 6.0 * M * K, 0);
+    cuda::round_rows_to_bf16(x, M, K, ld, xb, stream);
+    set_twin(x, M, K);
+  }
+  return ld;
+}
+
 void CudaOps::Impl::gemm(const float* x, int64_t M, const cuda::GemmWeight& g, const float* b,
                          float* y) {
+  if (deterministic && hopper) {
+    cuda::GemmParts out;
+    out.n = 1, out.y[0] = y, out.col0[1] = g.N;
+    return gemm_parts(x, M, g, b, out);
+  }
   DETINFER_PROFILE_OP(*this, shape_key("matmul", g.N, g.K, M),
                       2.0 * g.N * g.K + (twins ? 2.0 : 4.0) * M * g.K + 4.0 * M * g.N,
                       2.0 * M * g.N * g.K);
-  if (deterministic && !hopper) return cuda::gemm_bf16(x, M, g, b, y, stream);
-  // x rounded to bf16 once (round to nearest even, as every kernel here), rows of Kp: the input
-  // of both the wgmma GEMM and cuBLAS. Skipped when the op that made x also wrote its bf16 copy.
-  const int64_t ld = twin_ld(g.K);
-  if (!(twin_valid && twin_src == x && twin_rows == M && twin_K == g.K)) {
-    uint16_t* xb = bf16_input(M, g.K);
-    DETINFER_PROFILE_OP(*this, shape_key("round to bf16", M, g.K, M), 6.0 * M * g.K, 0);
-    cuda::round_rows_to_bf16(x, M, g.K, ld, xb, stream);
-    set_twin(x, M, g.K);
-  }
+  if (deterministic) return cuda::gemm_bf16(x, M, g, b, y, stream);
+  const int64_t ld = round_input(x, M, g.K);
   if (y == twin_src) forget_twin();  // (never in the model: a GEMM writes a new buffer)
-  if (deterministic) return cuda::gemm_wgmma(x_bf16.as<uint16_t>(), ld, M, g, b, y, stream);
   // Off: cuBLAS with its heuristics. Row-major y[M, N] = x[M, K]·Wᵀ is column-major
   // yᵀ[N, M] = W[N, K]ᵀᵀ·xᵀ: op T on W, op N on x (both ld Kp), fp32 output and compute.
   const float one = 1.0f, zero = 0.0f;
@@ -941,10 +977,22 @@ void CudaOps::Impl::gemm(const float* x, int64_t M, const cuda::GemmWeight& g, c
   if (b) cuda::add_bias(y, M, g.N, b, stream);
 }
 
+void CudaOps::Impl::gemm_parts(const float* x, int64_t M, const cuda::GemmWeight& g,
+                               const float* b, const cuda::GemmParts& out) {
+  DETINFER_PROFILE_OP(*this, shape_key("matmul", g.N, g.K, M),
+                      2.0 * g.N * g.K + (twins ? 2.0 : 4.0) * M * g.K + 4.0 * M * g.N,
+                      2.0 * M * g.N * g.K);
+  const int64_t ld = round_input(x, M, g.K);
+  for (int i = 0; i < out.n; ++i)
+    if (out.y[i] == twin_src) forget_twin();  // (never in the model: a GEMM writes a new buffer)
+  cuda::gemm_wgmma_parts(x_bf16.as<uint16_t>(), ld, M, g, b, out, stream);
+}
+
 void CudaOps::matmul(const float* x, int64_t M, const TensorView& w, const TensorView* bias,
                      float* y) {
   Impl& s = *impl_;
   s.set_device();
+  s.flush_rope();
   const cuda::GemmWeight& g = s.matrix(w);
   const float* b = bias ? s.vector(*bias, g.N, "matmul bias") : nullptr;
   if (M <= 0) return;
@@ -955,6 +1003,7 @@ void CudaOps::matmul_n(const float* x, int64_t M, int n, const TensorView* const
                        const TensorView* const* biases, float* const* ys) {
   Impl& s = *impl_;
   s.set_device();
+  s.flush_rope();
   int with_bias = 0;
   for (int i = 0; i < n; ++i) with_bias += biases[i] != nullptr;
   // One GEMM over the stacked weights gives each output element the bits of its own GEMM (one K
@@ -963,9 +1012,18 @@ void CudaOps::matmul_n(const float* x, int64_t M, int n, const TensorView* const
     return Ops::matmul_n(x, M, n, ws, biases, ys);
   const Impl::Stack& st = s.stack(n, ws, biases);
   if (M <= 0) return;
-  // Past decode sizes each part runs as its own GEMM on its rows of the stack (no split pass;
-  // a part's padded rows read the next part's, whose outputs are never written). At small M one
-  // GEMM over the whole stack fills the GPU better. The same bits either way.
+  const float* bias = with_bias ? st.bias.as<float>() : nullptr;
+  // The Hopper GEMM writes each part's columns to its own buffer: one GEMM, no split pass.
+  if (s.gemm_writes_parts()) {
+    cuda::GemmParts out;
+    out.n = n;
+    for (int i = 0; i < n; ++i) out.y[i] = ys[i], out.col0[i] = st.offsets[i];
+    out.col0[n] = st.view.N;
+    return s.gemm_parts(x, M, st.view, bias, out);
+  }
+  // Elsewhere, past decode sizes each part runs as its own GEMM on its rows of the stack (a
+  // part's padded rows read the next part's, whose outputs are never written); at small M one
+  // GEMM over the whole stack, then a split pass, fills the GPU better. The same bits either way.
   bool views = M > Impl::kStackMaxM;
   for (int i = 0; i < n && views; ++i)
     views = st.offsets[i] + round_up(st.widths[i], cuda::kGemmBN) <= st.view.Np;
@@ -975,7 +1033,7 @@ void CudaOps::matmul_n(const float* x, int64_t M, int n, const TensorView* const
       part.w = st.view.w + st.offsets[i] * st.view.Kp;
       part.N = st.widths[i];
       part.Np = round_up(st.widths[i], cuda::kGemmBN);
-      s.gemm(x, M, part, with_bias ? st.bias.as<float>() + st.offsets[i] : nullptr, ys[i]);
+      s.gemm(x, M, part, bias ? bias + st.offsets[i] : nullptr, ys[i]);
     }
     return;
   }
@@ -985,7 +1043,7 @@ void CudaOps::matmul_n(const float* x, int64_t M, int n, const TensorView* const
     ++s.generation;
     s.stack_out.allocate(std::max(need, 2 * s.stack_out.bytes()), "a stacked matmul output");
   }
-  s.gemm(x, M, st.view, with_bias ? st.bias.as<float>() : nullptr, s.stack_out.as<float>());
+  s.gemm(x, M, st.view, bias, s.stack_out.as<float>());
   cuda::SplitColumns parts;
   parts.n = n;
   for (int i = 0; i < n; ++i) parts.out[i] = ys[i], parts.offset[i] = st.offsets[i], parts.width[i] = st.widths[i];
@@ -997,6 +1055,7 @@ void CudaOps::rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView&
                       float* y) {
   Impl& s = *impl_;
   s.set_device();
+  s.flush_rope();
   const float* wd = s.vector(w, D, "rmsnorm weight");
   s.forget_twin();
   if (rows <= 0) return;
@@ -1013,6 +1072,7 @@ void CudaOps::add_rmsnorm(float* x, const float* r, int64_t rows, int64_t D, con
                           float eps, float* y) {
   Impl& s = *impl_;
   s.set_device();
+  s.flush_rope();
   const float* wd = s.vector(w, D, "rmsnorm weight");
   s.forget_twin();
   if (rows <= 0) return;
@@ -1023,15 +1083,27 @@ void CudaOps::add_rmsnorm(float* x, const float* r, int64_t rows, int64_t D, con
   if (twin) s.set_twin(y, rows, D);
 }
 
+void CudaOps::Impl::flush_rope() {
+  for (int i = 0; i < n_pending_rope; ++i) {
+    const PendingRope& r = pending_rope[i];
+    DETINFER_PROFILE_OP(*this, "rope heads=" + std::to_string(r.n_heads) + " T=" + std::to_string(T),
+                        8.0 * T * r.n_heads * config.head_dim, 0);
+    cuda::rope(r.x, T, r.n_heads, config.head_dim, meta(layout.pos), cos_dev.as<float>(),
+               sin_dev.as<float>(), stream);
+  }
+  n_pending_rope = 0;
+}
+
 void CudaOps::rope(float* x, int n_heads) {
   Impl& s = *impl_;
   s.require_step("rope");
+  DETINFER_CHECK(n_heads > 0, "cuda rope: ", n_heads, " heads");
   s.set_device();
   s.forget_twin();
-  DETINFER_PROFILE_OP(s, "rope heads=" + std::to_string(n_heads) + " T=" + std::to_string(s.T),
-                      8.0 * s.T * n_heads * s.config.head_dim, 0);
-  cuda::rope(x, s.T, n_heads, s.config.head_dim, s.meta(s.layout.pos), s.cos_dev.as<float>(),
-             s.sin_dev.as<float>(), s.stream);
+  bool queued = s.n_pending_rope == 2;
+  for (int i = 0; i < s.n_pending_rope; ++i) queued = queued || s.pending_rope[i].x == x;
+  if (queued) s.flush_rope();  // (a second rotation of the same buffer runs after the first)
+  s.pending_rope[s.n_pending_rope++] = Impl::PendingRope{x, n_heads};
 }
 
 void CudaOps::attention(int layer, const float* q, const float* k, const float* v, float* out) {
@@ -1045,10 +1117,29 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
   const int64_t per_layer = s.kv.num_blocks * s.kv.block_size * row;
   uint16_t* kc = s.k_cache.as<uint16_t>() + layer * per_layer;
   uint16_t* vc = s.v_cache.as<uint16_t>() + layer * per_layer;
+  // The pending rotations are exactly this q's and this k's (the model's order): one kernel
+  // rotates both and writes the cache rows. Anything else: run them, then the plain cache write.
+  const Impl::PendingRope* pr = s.pending_rope;
+  const bool fused = s.n_pending_rope == 2 && pr[0].x != pr[1].x &&
+                     ((pr[0].x == q && pr[0].n_heads == s.config.n_heads && pr[1].x == k &&
+                       pr[1].n_heads == s.kv.n_kv_heads) ||
+                      (pr[1].x == q && pr[1].n_heads == s.config.n_heads && pr[0].x == k &&
+                       pr[0].n_heads == s.kv.n_kv_heads));
+  if (fused) {
+    s.n_pending_rope = 0;
+    DETINFER_PROFILE_OP(s, "rope+kv write T=" + std::to_string(s.T),
+                        8.0 * s.T * (s.config.q_dim() + row) + 8.0 * s.T * row, 0);
+    cuda::rope_kv_write(const_cast<float*>(q), const_cast<float*>(k), v, s.T, s.config.n_heads,
+                        s.kv.n_kv_heads, s.config.head_dim, s.meta(s.layout.pos),
+                        s.cos_dev.as<float>(), s.sin_dev.as<float>(), kc, vc,
+                        s.meta(s.layout.slots), s.stream);
+  } else {
+    s.flush_rope();
+    // New K/V go into the cache first; cached and new positions then go through the same loop.
+    cuda::kv_write_bf16(kc, vc, k, v, s.T, row, s.meta(s.layout.slots), s.stream);
+  }
   DETINFER_PROFILE_OP(s, "attention T=" + std::to_string(s.T),
                       s.attn_kv_bytes + 8.0 * s.T * s.config.q_dim(), 0);
-  // New K/V go into the cache first; cached and new positions then go through the same loop.
-  cuda::kv_write_bf16(kc, vc, k, v, s.T, row, s.meta(s.layout.slots), s.stream);
   cuda::PagedAttentionArgs a;
   a.q = q, a.out = out, a.k_cache = kc, a.v_cache = vc;
   a.pos = s.meta(s.layout.pos);
@@ -1056,13 +1147,19 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
   a.tables = s.meta(0);
   a.block_size = s.kv.block_size;
   a.scale = 1.0f / std::sqrt(static_cast<float>(s.config.head_dim));  // as CpuOps
+  // The output projection's input: the kernel also writes it as bf16, so that GEMM skips its
+  // rounding pass.
+  const int64_t Q = s.config.q_dim();
+  if (s.twins) a.out_bf16 = s.bf16_input(s.T, Q), a.out_bf16_ld = Impl::twin_ld(Q);
   cuda::attention_paged(a, s.attn_plan, s.meta(s.layout.attn), s.attn_workspace.as<float>(),
                         s.stream);
+  if (s.twins) s.set_twin(out, s.T, Q);
 }
 
 void CudaOps::swiglu(const float* gate, const float* up, int64_t n, float* out) {
   Impl& s = *impl_;
   s.set_device();
+  s.flush_rope();
   s.forget_twin();
   if (n <= 0) return;
   // The down projection's input: rows of d_ff.
@@ -1078,6 +1175,7 @@ void CudaOps::swiglu(const float* gate, const float* up, int64_t n, float* out) 
 void CudaOps::add(float* y, const float* x, int64_t n) {
   Impl& s = *impl_;
   s.set_device();
+  s.flush_rope();
   s.forget_twin();
   DETINFER_PROFILE_OP(s, "add n=" + std::to_string(n), 12.0 * n, 0);
   cuda::add(y, x, n, s.stream);
@@ -1087,6 +1185,7 @@ void CudaOps::gather_logit_rows(const float* x, int64_t D, float* out) {
   Impl& s = *impl_;
   s.require_step("gather_logit_rows");
   s.set_device();
+  s.flush_rope();
   s.forget_twin();
   DETINFER_PROFILE_OP(s, "gather rows L=" + std::to_string(s.L), 8.0 * s.L * D, 0);
   cuda::gather_rows(x, D, s.meta(s.layout.logit_rows), s.L, out, s.stream);
@@ -1096,6 +1195,7 @@ void CudaOps::to_host(const float* src, int64_t n, float* dst) {
   Impl& s = *impl_;
   if (n <= 0) return;
   s.set_device();
+  s.flush_rope();
   {
     DETINFER_PROFILE_OP(s, "copy to host n=" + std::to_string(n), 4.0 * n, 0);
     check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, s.stream),
@@ -1109,6 +1209,7 @@ void CudaOps::from_host(const float* src, int64_t n, float* dst) {
   Impl& s = *impl_;
   if (n <= 0) return;
   s.set_device();
+  s.flush_rope();
   s.forget_twin();
   check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, s.stream),
         "copy to device");
@@ -1128,6 +1229,7 @@ void CudaOps::sample_rows(const float* logits, int64_t n_rows, int32_t vocab, co
   Impl& s = *impl_;
   if (n_rows <= 0) return;
   s.set_device();
+  s.flush_rope();
   s.forget_twin();
   // Parameters, and the histories of the rows whose penalties read them.
   s.sample_params_host.assign(static_cast<size_t>(n_rows), cuda::SampleRowParams{});
@@ -1233,6 +1335,7 @@ void CudaOps::synchronize() {
 void CudaOps::det_expf_n(const float* x, int64_t n, float* y) {
   Impl& s = *impl_;
   s.set_device();
+  s.flush_rope();
   s.forget_twin();
   cuda::exp_n(x, n, y, s.stream);
 }

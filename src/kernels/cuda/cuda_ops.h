@@ -54,11 +54,14 @@ class CudaOps final : public Ops {
   // y[M, N] = bf16(x)[M, K] · bf16(W)ᵀ with fp32 accumulation (+ bias in fp32).
   void matmul(const float* x, int64_t M, const TensorView& w, const TensorView* bias,
               float* y) override;
-  // The weights of one input as one GEMM over their stacked rows, then split (bits of matmul()).
+  // The weights of one input as one GEMM over their stacked rows (bits of matmul()): on Hopper it
+  // writes each part's buffer directly; elsewhere a split pass (or a GEMM per part) follows.
   void matmul_n(const float* x, int64_t M, int n, const TensorView* const* ws,
                 const TensorView* const* biases, float* const* ys) override;
   void rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,
                float* y) override;
+  // Recorded, then run by the attention that reads x (one kernel with the cache writes) or
+  // before any other op: the same bits as running it here.
   void rope(float* x, int n_heads) override;
   void attention(int layer, const float* q, const float* k, const float* v, float* out) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;

@@ -20,13 +20,24 @@
 //
 // For M <= 32 the same chain runs on mma.sync (gemm_small_kernel below): bit for bit the same
 // result per element, shorter latency per K step.
+//
+// Programmatic dependent launch: both kernels may start while the kernel before them runs (a
+// norm, SwiGLU, attention: latency-bound at decode, the memory idle). The producer loads the
+// weight tiles of its first stages, which nothing before it writes, then waits for that kernel
+// (pdl_wait) before it loads any activation; nothing is written before the activations arrive.
+// Only the time of the loads moves, not a value.
+//
+// Outputs in parts (GemmParts): the stacked q/k/v or gate/up weights run as one GEMM whose
+// columns go straight to each part's buffer, so no split pass follows. Addresses only.
 #include <cuda.h>
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "common/error.h"
 #include "kernels/cuda/gemm_wgmma.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace detinfer::cuda {
@@ -47,6 +58,19 @@ struct Cfg {
   static_assert(kSmem <= 227 * 1024, "shared memory");
 };
 
+// Where output column n goes: its part's buffer, that part's first column and row width.
+struct PartOut {
+  float* y;
+  int64_t c0, width;
+};
+__device__ __forceinline__ PartOut part_of(const GemmParts& p, int64_t n) {
+  PartOut o{p.y[0], 0, p.col0[1]};
+#pragma unroll
+  for (int j = 1; j < kMaxSplit; ++j)
+    if (j < p.n && n >= p.col0[j]) o = PartOut{p.y[j], p.col0[j], p.col0[j + 1] - p.col0[j]};
+  return o;
+}
+
 // Persistent: CTA b computes tiles b, b + gridDim.x, ... (token tile fastest), so the producer
 // already loads the next tile's first stages while the consumers store the last one. Which CTA
 // computes a tile never changes how it is computed.
@@ -55,7 +79,7 @@ __global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
     gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tm_w,
                       const __grid_constant__ CUtensorMap tm_x, int64_t M, int64_t N, int k_tiles,
                       int tok_tiles, int tiles, const float* __restrict__ bias,
-                      float* __restrict__ y) {
+                      const GemmParts out) {
   using C = Cfg<TN, WG, ST>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -78,18 +102,25 @@ __global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
       tma_prefetch_map(&tm_x);
       // The activations are read again by every W tile: keep them in L2 over the streamed W and y.
       const uint64_t keep = l2_evict_last();
-      int it = 0;  // stages used so far, over all tiles of this CTA
-      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const int tok0 = (t % tok_tiles) * TN, row0 = (t / tok_tiles) * C::kRows;
-        for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-          const int s = it % ST;
-          if (it >= ST) mbar_wait(&empty[s], ((it / ST) - 1) & 1);
-          uint8_t* st = base + s * C::kStageBytes;
-          mbar_arrive_expect_tx(&full[s], C::kStageBytes);
-          tma_load_2d(st, &tm_w, kt * kBK, row0, &full[s]);
-          tma_load_2d_hint(st + C::kWBytes, &tm_x, kt * kBK, tok0, &full[s], keep);
-        }
-      }
+      // Stage `it` (over all tiles of this CTA): tile blockIdx.x + (it / k_tiles)·gridDim.x.
+      const int total = (tiles - static_cast<int>(blockIdx.x) + static_cast<int>(gridDim.x) - 1) /
+                        static_cast<int>(gridDim.x) * k_tiles;
+      const int pre = total < ST ? total : ST;
+      auto w_load = [&](int it) {
+        const int t = blockIdx.x + (it / k_tiles) * gridDim.x, kt = it % k_tiles, s = it % ST;
+        if (it >= ST) mbar_wait(&empty[s], ((it / ST) - 1) & 1);
+        mbar_arrive_expect_tx(&full[s], C::kStageBytes);
+        tma_load_2d(base + s * C::kStageBytes, &tm_w, kt * kBK, (t / tok_tiles) * C::kRows, &full[s]);
+      };
+      auto x_load = [&](int it) {
+        const int t = blockIdx.x + (it / k_tiles) * gridDim.x, kt = it % k_tiles, s = it % ST;
+        tma_load_2d_hint(base + s * C::kStageBytes + C::kWBytes, &tm_x, kt * kBK, (t % tok_tiles) * TN,
+                         &full[s], keep);
+      };
+      for (int it = 0; it < pre; ++it) w_load(it);  // weights: written by no earlier kernel
+      pdl_wait();
+      for (int it = 0; it < pre; ++it) x_load(it);
+      for (int it = pre; it < total; ++it) w_load(it), x_load(it);
     }
     return;
   }
@@ -126,12 +157,14 @@ __global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
       if (n_lo < N) bias_v[0] = bias[n_lo];
       if (n_lo + 8 < N) bias_v[1] = bias[n_lo + 8];
     }
+    const PartOut po[2] = {part_of(out, n_lo), part_of(out, n_lo + 8)};
 #pragma unroll
     for (int i = 0; i < TN / 2; ++i) {
       const int h = (i >> 1) & 1;
       const int64_t n = n_lo + 8 * h, m = m_lo + 8 * (i >> 2) + (i & 1);
       // Streaming stores: y is written once and must not push the activations out of L2.
-      if (n < N && m < M) __stcs(&y[m * N + n], bias ? __fadd_rn(acc[i], bias_v[h]) : acc[i]);
+      if (n < N && m < M)
+        __stcs(&po[h].y[m * po[h].width + (n - po[h].c0)], bias ? __fadd_rn(acc[i], bias_v[h]) : acc[i]);
     }
   }
 }
@@ -143,14 +176,23 @@ __global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
 // with the M = 4096 wgmma run) with a much shorter latency, and 16-row warps give N/16
 // independent chains instead of N/64. Same TMA pipeline and swizzled tiles; each consumer warp
 // owns 16 W rows (mma's A, via ldmatrix) × TN tokens (TN/8 n8 tiles as B), one producer warp.
-template <int TN, int RW, int ST>
+// Decode streams W once: a CTA takes W·16 rows, W the fewest warps that make the grid one wave
+// of the GPU's SMs (a second, partly filled wave costs as much as a full one), with as many
+// stages (up to 16) as fit beside a decode attention CTA. Neither choice touches an element's
+// chain. (H200, 8B model, batch-1 decode: 186.5 -> 195 tok/s against 32-row CTAs in waves.)
+constexpr int kSmallRows = 16;                   // W rows per consumer warp
+constexpr size_t kSmallSmemBudget = 144 * 1024;  // stage buffers per CTA
+template <int TN, int W>
 struct SmallCfg {
-  static constexpr int kWarps = RW / 16;  // consumer warps
-  static constexpr int kWBytes = RW * kBK * 2, kXBytes = TN * kBK * 2;
+  static constexpr int kWBytes = W * kSmallRows * kBK * 2, kXBytes = TN * kBK * 2;
   static constexpr int kStageBytes = kWBytes + kXBytes;
-  static constexpr int kThreads = 32 * (kWarps + 1);
-  static constexpr size_t kSmem = size_t{ST} * kStageBytes + 1024 + 2 * ST * sizeof(uint64_t);
+  static constexpr int kStages = kSmallSmemBudget / kStageBytes < 4    ? 4
+                                 : kSmallSmemBudget / kStageBytes > 16 ? 16
+                                                                       : int(kSmallSmemBudget / kStageBytes);
+  static constexpr int kThreads = 32 * (W + 1);
+  static constexpr size_t kSmem = size_t{kStages} * kStageBytes + 1024 + 2 * kStages * sizeof(uint64_t);
   static_assert(kXBytes % 1024 == 0 && kWBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
+  static_assert(kSmem <= 227 * 1024, "shared memory");
 };
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t addr) {
@@ -169,41 +211,48 @@ __device__ __forceinline__ void mma_bf16(float* d, const uint32_t* a, const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-template <int TN, int RW, int ST>
-__global__ void __launch_bounds__(SmallCfg<TN, RW, ST>::kThreads)
+template <int TN, int W>
+__global__ void __launch_bounds__(SmallCfg<TN, W>::kThreads)
     gemm_small_kernel(const __grid_constant__ CUtensorMap tm_w,
                       const __grid_constant__ CUtensorMap tm_x, int64_t M, int64_t N, int k_tiles,
-                      const float* __restrict__ bias, float* __restrict__ y) {
-  using C = SmallCfg<TN, RW, ST>;
+                      const float* __restrict__ bias, const GemmParts out) {
+  using C = SmallCfg<TN, W>;
+  constexpr int ST = C::kStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   uint64_t* full = reinterpret_cast<uint64_t*>(base + ST * C::kStageBytes);
   uint64_t* empty = full + ST;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int tok0 = blockIdx.x * TN;
-  const int row0 = blockIdx.y * RW;
+  const int row0 = blockIdx.y * W * kSmallRows;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < ST; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], C::kWarps);
+      mbar_init(&empty[s], W);
     }
     mbar_fence_init();
   }
   __syncthreads();
 
-  if (warp == C::kWarps) {  // producer
+  if (warp == W) {  // producer
     if (lane == 0) {
       tma_prefetch_map(&tm_w);
       tma_prefetch_map(&tm_x);
-      for (int kt = 0; kt < k_tiles; ++kt) {
+      auto w_load = [&](int kt) {
         const int s = kt % ST;
         if (kt >= ST) mbar_wait(&empty[s], ((kt / ST) - 1) & 1);
-        uint8_t* st = base + s * C::kStageBytes;
         mbar_arrive_expect_tx(&full[s], C::kStageBytes);
-        tma_load_2d(st, &tm_w, kt * kBK, row0, &full[s]);
-        tma_load_2d(st + C::kWBytes, &tm_x, kt * kBK, tok0, &full[s]);
-      }
+        tma_load_2d(base + s * C::kStageBytes, &tm_w, kt * kBK, row0, &full[s]);
+      };
+      auto x_load = [&](int kt) {
+        tma_load_2d(base + (kt % ST) * C::kStageBytes + C::kWBytes, &tm_x, kt * kBK, tok0, &full[kt % ST]);
+      };
+      const int pre = k_tiles < ST ? k_tiles : ST;
+      for (int kt = 0; kt < pre; ++kt) w_load(kt);  // weights: written by no earlier kernel
+      pdl_wait();
+      for (int kt = 0; kt < pre; ++kt) x_load(kt);
+      for (int kt = pre; kt < k_tiles; ++kt) w_load(kt), x_load(kt);
     }
     return;
   }
@@ -222,11 +271,15 @@ __global__ void __launch_bounds__(SmallCfg<TN, RW, ST>::kThreads)
     uint32_t a[kBK / 16][4];          // per K step
     uint32_t b[TN / 8][kBK / 32][4];  // per n8 tile, per pair of K steps
   };
-  // Waits for stage `it`, moves this warp's fragments into registers, hands the stage back.
-  auto load = [&](Frags& f, int it) {
-    const int s = it % ST;
-    mbar_wait(&full[s], (it / ST) & 1);
-    const uint32_t wt = smem_addr(base + s * C::kStageBytes), xt = wt + C::kWBytes;
+  // The next stage to consume and the parity of its fill (kept as counters: no division in the
+  // loop that bounds the stream).
+  int s_next = 0;
+  uint32_t parity = 0;
+  const uint32_t stage0 = smem_addr(base);
+  // Waits for the next stage, moves this warp's fragments into registers, hands the stage back.
+  auto load = [&](Frags& f) {
+    mbar_wait(&full[s_next], parity);
+    const uint32_t wt = stage0 + s_next * C::kStageBytes, xt = wt + C::kWBytes;
 #pragma unroll
     for (int k = 0; k < kBK / 16; ++k)
       ldmatrix_x4(f.a[k], wt + a_row * 128 + (((2 * k + a_chunk) ^ (a_row & 7)) << 4));
@@ -236,7 +289,8 @@ __global__ void __launch_bounds__(SmallCfg<TN, RW, ST>::kThreads)
       for (int p = 0; p < kBK / 32; ++p)
         ldmatrix_x4(f.b[j][p], xt + (8 * j + b_row) * 128 + (((4 * p + b_chunk) ^ b_row) << 4));
     __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
+    if (lane == 0) mbar_arrive(&empty[s_next]);
+    if (++s_next == ST) s_next = 0, parity ^= 1u;
   };
   // The K steps of one stage, in increasing K for every accumulator.
   auto mma_stage = [&](const Frags& f) {
@@ -248,12 +302,12 @@ __global__ void __launch_bounds__(SmallCfg<TN, RW, ST>::kThreads)
   // Software pipeline over stages: the next stage's fragments load while this one's MMAs run,
   // so the chain of dependent MMAs is the critical path.
   Frags f0, f1;
-  load(f0, 0);
+  load(f0);
   for (int kt = 0; kt < k_tiles; kt += 2) {
-    if (kt + 1 < k_tiles) load(f1, kt + 1);
+    if (kt + 1 < k_tiles) load(f1);
     mma_stage(f0);
     if (kt + 1 < k_tiles) {
-      if (kt + 2 < k_tiles) load(f0, kt + 2);
+      if (kt + 2 < k_tiles) load(f0);
       mma_stage(f1);
     }
   }
@@ -266,18 +320,21 @@ __global__ void __launch_bounds__(SmallCfg<TN, RW, ST>::kThreads)
     const int64_t n = n_lo + 8 * h;
     if (n >= N) continue;
     const float bv = bias ? bias[n] : 0.0f;
+    const PartOut po = part_of(out, n);
+    float* yn = po.y + (n - po.c0);
 #pragma unroll
     for (int j = 0; j < TN / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int64_t m = m_lo + 8 * j + e;
-        if (m < M) __stcs(&y[m * N + n], bias ? __fadd_rn(acc[j][2 * h + e], bv) : acc[j][2 * h + e]);
+        if (m < M) __stcs(&yn[m * po.width], bias ? __fadd_rn(acc[j][2 * h + e], bv) : acc[j][2 * h + e]);
       }
   }
 }
 
 __global__ void round_rows_kernel(const float* __restrict__ x, int64_t M, int64_t K, int64_t ld,
                                   uint16_t* __restrict__ out) {
+  pdl_launch_dependents();  // the GEMM that reads this may start loading its weights
   const int64_t total = M * ld;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -304,9 +361,27 @@ CUtensorMap make_map(const uint16_t* p, int64_t inner, int64_t rows, int64_t str
   return map;
 }
 
+std::atomic<bool> g_pdl{true};
+
+// Launches with programmatic dependent launch (when on): see the top of this file.
+template <typename Kernel, typename... Args>
+void launch_pdl(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = g_pdl.load(std::memory_order_relaxed) ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, args...), "gemm_wgmma launch");
+}
+
 template <int TN, int WG, int ST>
 void launch(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, const float* bias,
-            float* y, cudaStream_t stream) {
+            const GemmParts& out, cudaStream_t stream) {
   using C = Cfg<TN, WG, ST>;
   const CUtensorMap tm_w = make_map(w.w, w.Kp, w.Np, w.Kp, C::kRows, "the weight");
   const CUtensorMap tm_x = make_map(x, w.K, M, ld_x, TN, "the activations");
@@ -323,26 +398,63 @@ void launch(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, con
   DETINFER_CHECK(tiles < (int64_t{1} << 31), "gemm_wgmma: ", tiles, " tiles is too many");
   const int grid = static_cast<int>(std::min<int64_t>(tiles, int64_t{std::max(per_sm, 1)} * sms));
   const int k_tiles = static_cast<int>((w.Kp + kBK - 1) / kBK);
-  kernel<<<grid, C::kThreads, C::kSmem, stream>>>(tm_w, tm_x, M, w.N, k_tiles,
-                                                  static_cast<int>(tok_tiles),
-                                                  static_cast<int>(tiles), bias, y);
-  check(cudaGetLastError(), "gemm_wgmma launch");
+  launch_pdl(kernel, dim3(static_cast<unsigned>(grid)), C::kThreads, C::kSmem, stream, tm_w, tm_x, M,
+             w.N, k_tiles, static_cast<int>(tok_tiles), static_cast<int>(tiles), bias, out);
 }
 
-template <int TN, int RW, int ST>
+template <int TN, int W>
 void launch_small(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
-                  const float* bias, float* y, cudaStream_t stream) {
-  using C = SmallCfg<TN, RW, ST>;
-  const CUtensorMap tm_w = make_map(w.w, w.Kp, w.Np, w.Kp, RW, "the weight");
+                  const float* bias, const GemmParts& out, cudaStream_t stream) {
+  using C = SmallCfg<TN, W>;
+  const CUtensorMap tm_w = make_map(w.w, w.Kp, w.Np, w.Kp, W * kSmallRows, "the weight");
   const CUtensorMap tm_x = make_map(x, w.K, M, ld_x, TN, "the activations");
-  auto kernel = gemm_small_kernel<TN, RW, ST>;
+  auto kernel = gemm_small_kernel<TN, W>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(C::kSmem)),
         "gemm_wgmma shared memory");
-  const dim3 grid(static_cast<unsigned>((M + TN - 1) / TN), static_cast<unsigned>(w.Np / RW));
+  const int64_t units = (w.N + kSmallRows - 1) / kSmallRows;
+  const dim3 grid(static_cast<unsigned>((M + TN - 1) / TN), static_cast<unsigned>((units + W - 1) / W));
   const int k_tiles = static_cast<int>((w.Kp + kBK - 1) / kBK);
-  kernel<<<grid, C::kThreads, C::kSmem, stream>>>(tm_w, tm_x, M, w.N, k_tiles, bias, y);
-  check(cudaGetLastError(), "gemm_wgmma launch");
+  launch_pdl(kernel, grid, C::kThreads, C::kSmem, stream, tm_w, tm_x, M, w.N, k_tiles, bias, out);
+}
+
+// Warps per CTA of the small-M kernel for N rows of W on `sms` SMs: the fewest (of those built)
+// that put every 16-row chain in one wave; past 16 (TN 8) or 8 (TN 32), several waves of the
+// largest.
+int small_warps(int64_t N, int tn, int sms) {
+  const int64_t units = (N + kSmallRows - 1) / kSmallRows;
+  const int64_t need = (units + sms - 1) / sms;
+  for (int w : {1, 2, 3, 4, 6, 8, 12, 14, 16})
+    if (w >= need || w == (tn <= 8 ? 16 : 8)) return w;
+  return tn <= 8 ? 16 : 8;
+}
+
+template <int TN>
+void launch_small_any(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
+                      const float* bias, const GemmParts& out, cudaStream_t stream) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    check(cudaGetDevice(&dev), "gemm_wgmma device");
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "gemm_wgmma SMs");
+    return n > 0 ? n : 1;
+  }();
+  switch (small_warps(w.N, TN, sms)) {
+    case 1: return launch_small<TN, 1>(x, ld_x, M, w, bias, out, stream);
+    case 2: return launch_small<TN, 2>(x, ld_x, M, w, bias, out, stream);
+    case 3: return launch_small<TN, 3>(x, ld_x, M, w, bias, out, stream);
+    case 4: return launch_small<TN, 4>(x, ld_x, M, w, bias, out, stream);
+    case 6: return launch_small<TN, 6>(x, ld_x, M, w, bias, out, stream);
+    case 8: return launch_small<TN, 8>(x, ld_x, M, w, bias, out, stream);
+    default:
+      if constexpr (TN <= 8) {
+        const int ws = small_warps(w.N, TN, sms);
+        if (ws == 12) return launch_small<TN, 12>(x, ld_x, M, w, bias, out, stream);
+        if (ws == 14) return launch_small<TN, 14>(x, ld_x, M, w, bias, out, stream);
+        return launch_small<TN, 16>(x, ld_x, M, w, bias, out, stream);
+      } else {
+        return launch_small<TN, 8>(x, ld_x, M, w, bias, out, stream);
+      }
+  }
 }
 
 // Large tiles (128 W rows × 256 tokens) once they fill about one wave of a 132-SM H100/H200.
@@ -369,6 +481,13 @@ void round_rows_to_bf16(const float* x, int64_t M, int64_t K, int64_t ld_out, ui
 
 void gemm_wgmma(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, const float* bias,
                 float* y, cudaStream_t stream, int tile_tokens) {
+  GemmParts out;
+  out.n = 1, out.y[0] = y, out.col0[1] = w.N;
+  gemm_wgmma_parts(x, ld_x, M, w, bias, out, stream, tile_tokens);
+}
+
+void gemm_wgmma_parts(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
+                      const float* bias, const GemmParts& out, cudaStream_t stream, int tile_tokens) {
   if (M <= 0 || w.N <= 0) return;
   DETINFER_CHECK(w.Np % 128 == 0 && w.Kp % 32 == 0 && w.Np >= w.N && w.Kp >= w.K && w.K > 0,
                  "gemm_wgmma: weight padding ", w.Np, "x", w.Kp, " does not fit the tile shape");
@@ -381,13 +500,20 @@ void gemm_wgmma(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
   DETINFER_CHECK(tile_tokens == 0 || tile_tokens == 8 || tile_tokens == 32 || tile_tokens == 64 ||
                      tile_tokens == 128 || tile_tokens == 256,
                  "gemm_wgmma: no kernel with a tile of ", tile_tokens, " tokens");
+  DETINFER_CHECK(out.n >= 1 && out.n <= kMaxSplit && out.col0[0] == 0 && out.col0[out.n] == w.N,
+                 "gemm_wgmma: ", out.n, " output parts must cover the ", w.N, " columns");
+  for (int i = 0; i < out.n; ++i)
+    DETINFER_CHECK(out.y[i] && out.col0[i] < out.col0[i + 1], "gemm_wgmma: output part ", i,
+                   " is empty or has no buffer");
   switch (tile_tokens ? tile_tokens : gemm_wgmma_tile_tokens(M, w)) {
-    case 8: return launch_small<8, 32, 16>(x, ld_x, M, w, bias, y, stream);
-    case 32: return launch_small<32, 32, 12>(x, ld_x, M, w, bias, y, stream);
-    case 64: return launch<64, 1, 10>(x, ld_x, M, w, bias, y, stream);
-    case 128: return launch<128, 1, 4>(x, ld_x, M, w, bias, y, stream);
-    default: return launch<256, 2, 4>(x, ld_x, M, w, bias, y, stream);
+    case 8: return launch_small_any<8>(x, ld_x, M, w, bias, out, stream);
+    case 32: return launch_small_any<32>(x, ld_x, M, w, bias, out, stream);
+    case 64: return launch<64, 1, 10>(x, ld_x, M, w, bias, out, stream);
+    case 128: return launch<128, 1, 4>(x, ld_x, M, w, bias, out, stream);
+    default: return launch<256, 2, 4>(x, ld_x, M, w, bias, out, stream);
   }
 }
+
+void set_gemm_pdl(bool enabled) { g_pdl.store(enabled); }
 
 }  // namespace detinfer::cuda

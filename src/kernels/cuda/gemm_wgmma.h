@@ -26,6 +26,22 @@ void round_rows_to_bf16(const float* x, int64_t M, int64_t K, int64_t ld_out, ui
 void gemm_wgmma(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, const float* bias,
                 float* y, cudaStream_t stream, int tile_tokens = 0);
 
+// Output columns in parts: columns [col0[i], col0[i + 1]) go to y[i] as rows of
+// col0[i + 1] − col0[i] floats (col0[0] = 0, col0[n] = N). The stacked q/k/v or gate/up GEMM
+// writes its parts' buffers directly; each element's bits are gemm_wgmma's.
+struct GemmParts {
+  int n = 1;
+  float* y[kMaxSplit] = {};
+  int64_t col0[kMaxSplit + 1] = {};
+};
+void gemm_wgmma_parts(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
+                      const float* bias, const GemmParts& out, cudaStream_t stream,
+                      int tile_tokens = 0);
+
+// Programmatic dependent launch of the GEMM kernels (gemm_wgmma.cu), on by default; off for
+// timing comparisons. Results are the same either way.
+void set_gemm_pdl(bool enabled);
+
 // The tile width over tokens that gemm_wgmma picks for M.
 int gemm_wgmma_tile_tokens(int64_t M, const GemmWeight& w);
 

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "kernels/cuda/det_math.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace detinfer::cuda {
 
@@ -40,54 +41,105 @@ constexpr int kNormBatch = 8;
 // stored first and the norm reads the stored sum (the add kernel's rounding, then this order);
 // with `twin`, y is also written as bf16 (round to nearest even) rows of twin_ld, the GEMM input
 // that round_rows_to_bf16 would make from y.
+//
+// kHeld > 0 (rows up to kNormThreads·kHeld values, d_model of the usual models): the row stays in
+// registers between the sum and the scaling, and the weights are loaded before the block's
+// reduction, so a decode row (latency-bound) waits on memory once. kHeld = 0: any D, in batches.
+// The arithmetic, and so every bit, is the same in both forms.
+template <int kHeld>
 __global__ void __launch_bounds__(kNormThreads)
     rmsnorm_kernel(float* x, const float* residual, int64_t D, const float* __restrict__ w,
                    float eps, float* y, uint16_t* twin, int64_t twin_ld) {
+  pdl_launch_dependents();  // the next GEMM may start loading its weights
   __shared__ float warp_sums[kNormThreads / 32];
   float* xr = x + static_cast<int64_t>(blockIdx.x) * D;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * D;
-  // The loads of kNormBatch elements are issued before their sums (one row is latency-bound at
-  // decode); the fma order per thread is unchanged: i = j, j+256, j+512, ...
-  float s = 0.0f;
   const float* rr = residual ? residual + static_cast<int64_t>(blockIdx.x) * D : nullptr;
-  for (int64_t i0 = threadIdx.x; i0 < D; i0 += kNormThreads * kNormBatch) {
-    float v[kNormBatch];
+  uint16_t* tr = twin ? twin + static_cast<int64_t>(blockIdx.x) * twin_ld : nullptr;
+  float s = 0.0f;
+  if constexpr (kHeld > 0) {
+    float v[kHeld], wv[kHeld];
 #pragma unroll
-    for (int u = 0; u < kNormBatch; ++u) {
-      const int64_t i = i0 + u * kNormThreads;
+    for (int u = 0; u < kHeld; ++u) {
+      const int64_t i = threadIdx.x + u * kNormThreads;
       v[u] = i < D ? xr[i] : 0.0f;
     }
     if (rr) {
 #pragma unroll
-      for (int u = 0; u < kNormBatch; ++u) {
-        const int64_t i = i0 + u * kNormThreads;
+      for (int u = 0; u < kHeld; ++u) {
+        const int64_t i = threadIdx.x + u * kNormThreads;
         if (i < D) v[u] = __fadd_rn(v[u], rr[i]);
       }
 #pragma unroll
-      for (int u = 0; u < kNormBatch; ++u) {
-        const int64_t i = i0 + u * kNormThreads;
+      for (int u = 0; u < kHeld; ++u) {
+        const int64_t i = threadIdx.x + u * kNormThreads;
         if (i < D) xr[i] = v[u];
       }
     }
 #pragma unroll
-    for (int u = 0; u < kNormBatch; ++u)
-      if (i0 + u * kNormThreads < D) s = __fmaf_rn(v[u], v[u], s);
-  }
-  s = warp_sum(s);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
-  __syncthreads();
-  const float* ws = warp_sums;
-  const float ss = __fadd_rn(__fadd_rn(__fadd_rn(ws[0], ws[1]), __fadd_rn(ws[2], ws[3])),
-                             __fadd_rn(__fadd_rn(ws[4], ws[5]), __fadd_rn(ws[6], ws[7])));
-  const float r = __fdiv_rn(
-      1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(D)), eps)));
-  // In place (y == x or y == residual) is safe: each thread writes only the elements it read.
-  uint16_t* tr = twin ? twin + static_cast<int64_t>(blockIdx.x) * twin_ld : nullptr;
+    for (int u = 0; u < kHeld; ++u) {
+      const int64_t i = threadIdx.x + u * kNormThreads;
+      if (i < D) s = __fmaf_rn(v[u], v[u], s);
+      wv[u] = i < D ? w[i] : 0.0f;
+    }
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+    __syncthreads();
+    const float* ws = warp_sums;
+    const float ss = __fadd_rn(__fadd_rn(__fadd_rn(ws[0], ws[1]), __fadd_rn(ws[2], ws[3])),
+                               __fadd_rn(__fadd_rn(ws[4], ws[5]), __fadd_rn(ws[6], ws[7])));
+    const float r = __fdiv_rn(
+        1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(D)), eps)));
+#pragma unroll
+    for (int u = 0; u < kHeld; ++u) {
+      const int64_t i = threadIdx.x + u * kNormThreads;
+      if (i >= D) continue;
+      const float o = __fmul_rn(__fmul_rn(v[u], r), wv[u]);
+      yr[i] = o;
+      if (tr) tr[i] = __bfloat16_as_ushort(__float2bfloat16_rn(o));
+    }
+    return;
+  } else {
+    // The loads of kNormBatch elements are issued before their sums; the fma order per thread
+    // is unchanged: i = j, j+256, j+512, ...
+    for (int64_t i0 = threadIdx.x; i0 < D; i0 += kNormThreads * kNormBatch) {
+      float v[kNormBatch];
+#pragma unroll
+      for (int u = 0; u < kNormBatch; ++u) {
+        const int64_t i = i0 + u * kNormThreads;
+        v[u] = i < D ? xr[i] : 0.0f;
+      }
+      if (rr) {
+#pragma unroll
+        for (int u = 0; u < kNormBatch; ++u) {
+          const int64_t i = i0 + u * kNormThreads;
+          if (i < D) v[u] = __fadd_rn(v[u], rr[i]);
+        }
+#pragma unroll
+        for (int u = 0; u < kNormBatch; ++u) {
+          const int64_t i = i0 + u * kNormThreads;
+          if (i < D) xr[i] = v[u];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kNormBatch; ++u)
+        if (i0 + u * kNormThreads < D) s = __fmaf_rn(v[u], v[u], s);
+    }
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+    __syncthreads();
+    const float* ws = warp_sums;
+    const float ss = __fadd_rn(__fadd_rn(__fadd_rn(ws[0], ws[1]), __fadd_rn(ws[2], ws[3])),
+                               __fadd_rn(__fadd_rn(ws[4], ws[5]), __fadd_rn(ws[6], ws[7])));
+    const float r = __fdiv_rn(
+        1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(D)), eps)));
+    // In place (y == x or y == residual) is safe: each thread writes only the elements it read.
 #pragma unroll 4
-  for (int64_t i = threadIdx.x; i < D; i += kNormThreads) {
-    const float v = __fmul_rn(__fmul_rn(xr[i], r), w[i]);
-    yr[i] = v;
-    if (tr) tr[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    for (int64_t i = threadIdx.x; i < D; i += kNormThreads) {
+      const float o = __fmul_rn(__fmul_rn(xr[i], r), w[i]);
+      yr[i] = o;
+      if (tr) tr[i] = __bfloat16_as_ushort(__float2bfloat16_rn(o));
+    }
   }
 }
 static_assert(kNormThreads == 256, "the final tree above sums exactly 8 warps");
@@ -113,11 +165,61 @@ __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim,
   }
 }
 
+// RoPE of q and k (rope_kernel's arithmetic) and the bf16 cache rows of k and v (kv_write_bf16's
+// rounding of the rotated k), in one pass: one launch per layer instead of three. Per token, items
+// [0, n_heads·half) rotate a pair of q; the next n_kv_heads·(head_dim − half) items each take one
+// kv head's pair (i, i + half) of k (rotated, stored back and cached) and of v (cached), or, for
+// an odd head_dim, its last unrotated element.
+__global__ void rope_kv_write_kernel(float* q, float* k, const float* __restrict__ v, int64_t T,
+                                     int n_heads, int n_kv_heads, int head_dim,
+                                     const int32_t* __restrict__ pos, const float* __restrict__ cos_tab,
+                                     const float* __restrict__ sin_tab, uint16_t* k_cache,
+                                     uint16_t* v_cache, const int32_t* __restrict__ slots) {
+  const int half = head_dim / 2, rest = head_dim - half;
+  const int64_t per_tok = static_cast<int64_t>(n_heads) * half + static_cast<int64_t>(n_kv_heads) * rest;
+  const int64_t n = T * per_tok, row = static_cast<int64_t>(n_kv_heads) * head_dim;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = idx / per_tok;
+    int64_t j = idx - t * per_tok;
+    const int64_t p = pos[t];
+    if (j < static_cast<int64_t>(n_heads) * half) {
+      const int h = static_cast<int>(j / half), i = static_cast<int>(j % half);
+      const float c = cos_tab[p * half + i], sn = sin_tab[p * half + i];
+      float* x = q + (t * n_heads + h) * head_dim;
+      const float x0 = x[i], x1 = x[i + half];
+      x[i] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
+      x[i + half] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn));
+      continue;
+    }
+    j -= static_cast<int64_t>(n_heads) * half;
+    const int h = static_cast<int>(j / rest), i = static_cast<int>(j % rest);
+    const int64_t src = t * row + static_cast<int64_t>(h) * head_dim;
+    const int64_t dst = static_cast<int64_t>(slots[t]) * row + static_cast<int64_t>(h) * head_dim;
+    if (i < half) {
+      const float c = cos_tab[p * half + i], sn = sin_tab[p * half + i];
+      const float x0 = k[src + i], x1 = k[src + i + half];
+      const float y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
+      const float y1 = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn));
+      k[src + i] = y0, k[src + i + half] = y1;
+      k_cache[dst + i] = __bfloat16_as_ushort(__float2bfloat16_rn(y0));
+      k_cache[dst + i + half] = __bfloat16_as_ushort(__float2bfloat16_rn(y1));
+      v_cache[dst + i] = __bfloat16_as_ushort(__float2bfloat16_rn(v[src + i]));
+      v_cache[dst + i + half] = __bfloat16_as_ushort(__float2bfloat16_rn(v[src + i + half]));
+    } else {  // odd head_dim: the last element is not rotated
+      const int e = head_dim - 1;
+      k_cache[dst + e] = __bfloat16_as_ushort(__float2bfloat16_rn(k[src + e]));
+      v_cache[dst + e] = __bfloat16_as_ushort(__float2bfloat16_rn(v[src + e]));
+    }
+  }
+}
+
 // ---- element-wise --------------------------------------------------------------------------------
 // swiglu: (g / (1 + det_expf(-g))) · u, the CPU's formula and exp.
 // With `twin`, out is also written as bf16 rows of `cols` values, twin_ld apart (the GEMM input).
 __global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out,
                               uint16_t* twin, int64_t cols, int64_t twin_ld) {
+  pdl_launch_dependents();  // the down projection may start loading its weights
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = gate[i];
@@ -327,8 +429,13 @@ void rmsnorm(float* x, const float* residual, int64_t rows, int64_t D, const flo
   if (rows <= 0 || D <= 0) return;
   DETINFER_CHECK(rows <= 0x7fffffff, "rmsnorm: ", rows, " rows is more than one launch takes");
   DETINFER_CHECK(!twin || twin_ld >= D, "rmsnorm: bf16 copy rows of ", twin_ld, " < D ", D);
-  rmsnorm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(x, residual, D, w, eps,
-                                                                           y, twin, twin_ld);
+  const unsigned grid = static_cast<unsigned>(rows);
+  if (D <= kNormThreads * 16)
+    rmsnorm_kernel<16><<<grid, kNormThreads, 0, stream>>>(x, residual, D, w, eps, y, twin, twin_ld);
+  else if (D <= kNormThreads * 32)
+    rmsnorm_kernel<32><<<grid, kNormThreads, 0, stream>>>(x, residual, D, w, eps, y, twin, twin_ld);
+  else
+    rmsnorm_kernel<0><<<grid, kNormThreads, 0, stream>>>(x, residual, D, w, eps, y, twin, twin_ld);
   check(cudaGetLastError(), "rmsnorm launch");
 }
 
@@ -339,6 +446,17 @@ void rope(float* x, int64_t T, int n_heads, int head_dim, const int32_t* pos, co
   rope_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(x, n, n_heads, head_dim, pos,
                                                                cos_tab, sin_tab);
   check(cudaGetLastError(), "rope launch");
+}
+
+void rope_kv_write(float* q, float* k, const float* v, int64_t T, int n_heads, int n_kv_heads,
+                   int head_dim, const int32_t* pos, const float* cos_tab, const float* sin_tab,
+                   uint16_t* k_cache, uint16_t* v_cache, const int32_t* slots, cudaStream_t stream) {
+  const int64_t n = T * (static_cast<int64_t>(n_heads) * (head_dim / 2) +
+                         static_cast<int64_t>(n_kv_heads) * (head_dim - head_dim / 2));
+  if (n <= 0) return;
+  rope_kv_write_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(
+      q, k, v, T, n_heads, n_kv_heads, head_dim, pos, cos_tab, sin_tab, k_cache, v_cache, slots);
+  check(cudaGetLastError(), "rope_kv_write launch");
 }
 
 void swiglu(const float* gate, const float* up, int64_t n, float* out, uint16_t* twin,

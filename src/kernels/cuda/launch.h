@@ -57,6 +57,12 @@ void rmsnorm(float* x, const float* residual, int64_t rows, int64_t D, const flo
 // x[T, n_heads, head_dim] rotated in place; cos/sin tables [positions][head_dim/2].
 void rope(float* x, int64_t T, int n_heads, int head_dim, const int32_t* pos, const float* cos_tab,
           const float* sin_tab, cudaStream_t stream);
+// rope() of q [T, n_heads, head_dim] and of k [T, n_kv_heads, head_dim] in place, then the rows of
+// the rotated k and of v into a bf16 cache (attention.h's kv_write_bf16: slots[t], round to
+// nearest even): the bits of the three separate launches, in one.
+void rope_kv_write(float* q, float* k, const float* v, int64_t T, int n_heads, int n_kv_heads,
+                   int head_dim, const int32_t* pos, const float* cos_tab, const float* sin_tab,
+                   uint16_t* k_cache, uint16_t* v_cache, const int32_t* slots, cudaStream_t stream);
 // twin != null: out also as bf16, rows of `cols` values twin_ld apart.
 void swiglu(const float* gate, const float* up, int64_t n, float* out, uint16_t* twin,
             int64_t cols, int64_t twin_ld, cudaStream_t stream);

@@ -348,6 +348,7 @@ void expect_invariant(const Shape& sh, int32_t P) {
       {"decode, splits merged in registers", decode(P, 32, 3, AS::kFused)},
       {"one-shot prefill, every split through the workspace", whole(P, 16, 4, AS::kSplit)},
       {"chunks of 1 among others", mixed(P, 1, 16, 5, AS::kAuto)},
+      {"chunks of 1 among others, block size 5", mixed(P, 1, 5, 10, AS::kAuto)},
       {"chunks of 7 among others, block size 32", mixed(P, 7, 32, 6, AS::kAuto)},
       {"chunks of 64 among others, block size 5", mixed(P, 64, 5, 7, AS::kAuto)},
       {"chunks of 100 among others, block size 32, split schedule", mixed(P, 100, 32, 8, AS::kSplit)},

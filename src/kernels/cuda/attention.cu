@@ -30,7 +30,9 @@
 //   (a split without a key <= pos is skipped exactly); out = acc / l.
 // The merge runs either in the CTA that computed the splits (registers, or its own rows of `out`
 // for head_dim > 96) or in the merge kernel from per-split partials (m, l, acc) in the
-// workspace: the same functions on the same values, so the same bits.
+// workspace: the same functions on the same values, so the same bits. (Where out holds the
+// merge, decode CTAs with four buffers divide right after the last split's merge, the others in
+// a pass after the loop over what they stored: the same division of the same values.)
 // Keys past the CTA's last valid position are loaded as zeros (a stale slot may hold NaN, and
 // 0·NaN would poison the row's o); padding columns of q/k/v are zeros.
 //
@@ -80,6 +82,10 @@ struct Params {
   int n_heads, n_kv_heads, head_dim, group;
   int split_tiles;
   int vec16;  // head_dim % 8 == 0 and 16-byte aligned caches: 16-byte copies, else 4-byte
+  // log2 of block_size and of group where they are powers of two, else -1: decode CTAs take a
+  // shift and a mask instead of an integer division (about twenty instructions) in the slot
+  // and row lookups.
+  int bs_shift, group_shift;
 };
 
 // ---- small device functions ----------------------------------------------------------------------
@@ -120,6 +126,17 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem),
                "r"(valid ? 4 : 0));
+}
+// The same copies to a shared-window address (set up once), zeros where `zero` (ignore-src:
+// nothing is read, as with source size 0 above; one compare instead of four instructions).
+template <int BYTES>
+__device__ __forceinline__ void cp_async_s(uint32_t smem, const void* gmem, bool zero) {
+  if constexpr (BYTES == 16)
+    asm volatile("{\n .reg .pred z;\n setp.ne.b32 z, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, z;\n}\n"
+                 ::"r"(smem), "l"(gmem), "r"(static_cast<int>(zero)));
+  else
+    asm volatile("{\n .reg .pred z;\n setp.ne.b32 z, %2, 0;\n cp.async.ca.shared.global [%0], [%1], 4, z;\n}\n"
+                 ::"r"(smem), "l"(gmem), "r"(static_cast<int>(zero)));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -229,6 +246,10 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
   // The running merge of the splits: registers up to 96 columns; from 128 on (register pressure)
   // the CTA's own rows of out hold it (each thread rereads only what it wrote).
   constexpr bool kRegMerge = HDP < 128;
+  // The division out = acc / l: in the last split's merge where out holds the merge (NB = 4 SH
+  // CTAs: one round trip through global memory fewer), else in a pass after the loop (the
+  // others: their registers are at the limit, and the division in the loop made them spill).
+  constexpr bool kDivideAtEnd = !kRegMerge && SH && NB == 4;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint16_t* qs = reinterpret_cast<uint16_t*>(smem_raw);
   uint16_t* ks = qs + Shape::QROWS * LD;
@@ -256,22 +277,61 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
       *reinterpret_cast<uint32_t*>(ks + r * LD + hd + 2 * (i - r * words)) = 0u;
     }
   }
+  // Row rr of the run: token tok0 + rr / G, head kvh·G + rr % G.
+  auto run_tok = [&](int rr) { return SH && p.group_shift >= 0 ? rr >> p.group_shift : rr / G; };
+  auto run_head = [&](int rr) { return kvh * G + (SH && p.group_shift >= 0 ? rr & (G - 1) : rr % G); };
+  // Cache slot of a key (-1 past max_pos: loaded as zeros).
+  auto slot_of = [&](int key) -> int {
+    if (key > max_pos) return -1;
+    if (SH && p.bs_shift >= 0) return table[key >> p.bs_shift] * p.block_size + (key & (p.block_size - 1));
+    return table[key / p.block_size] * p.block_size + key % p.block_size;
+  };
+  // SH: the prologue's global loads (the slots of the first two tiles, the rows' positions, q)
+  // are all issued before the first shared store or shuffle that uses one (q: one pass of
+  // loads, then one of stores). Issue is in order: with the stores between them the loads ran
+  // in several rounds of memory latency one after another, a fixed cost of every decode step.
+  // Prefill CTAs keep the old order: they amortize the prologue, and ptxas spilled
+  // prefill<128> and prefill<256> (held at their register limits) with the new one.
+  int first_slots[2][kSlotsPerThread];
+  if constexpr (SH) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+      for (int j = 0; j < kSlotsPerThread; ++j) {
+        const int r = tid + j * NT;
+        first_slots[k][j] = r < KT && t_begin + k < t_end ? slot_of((t_begin + k) * KT + r) : -1;
+      }
+  }
+  // This lane's two rows (g and g + 8 of the warp's 16) and their positions.
+  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+  auto row_pos = [&](int r) { return r < nrows ? p.pos[tok0 + run_tok(r0 + r)] : -1; };
+  int pos_lo = SH ? row_pos(r_lo) : 0, pos_hi = SH ? row_pos(r_hi) : 0;
   // q rows, rounded to bf16; padding rows and columns zero.
-  for (int i = tid; i < Shape::QROWS * (HDP / 2); i += NT) {
+  constexpr int QN = Shape::QROWS * (HDP / 2);  // float2 words
+  auto q_word = [&](int i) {
     const int r = i / (HDP / 2), c = 2 * (i - r * (HDP / 2));
     float2 v = make_float2(0.0f, 0.0f);
     if (r < nrows && c < hd) {
       const int rr = r0 + r;
-      const int64_t row = static_cast<int64_t>(tok0 + rr / G) * p.n_heads + kvh * G + rr % G;
+      const int64_t row = static_cast<int64_t>(tok0 + run_tok(rr)) * p.n_heads + run_head(rr);
       v = *reinterpret_cast<const float2*>(p.q + row * hd + c);
     }
+    return v;
+  };
+  auto q_store = [&](int i, float2 v) {
+    const int r = i / (HDP / 2), c = 2 * (i - r * (HDP / 2));
     *reinterpret_cast<uint32_t*>(qs + r * LD + c) = pack_bf16(v.x, v.y);
+  };
+  if constexpr (SH && QN % NT == 0) {
+    float2 qv[QN / NT];
+#pragma unroll
+    for (int k = 0; k < QN / NT; ++k) qv[k] = q_word(tid + k * NT);
+#pragma unroll
+    for (int k = 0; k < QN / NT; ++k) q_store(tid + k * NT, qv[k]);
+  } else {
+    for (int i = tid; i < QN; i += NT) q_store(i, q_word(i));
+    pos_lo = row_pos(r_lo), pos_hi = row_pos(r_hi);  // (prefill: the old order, see above)
   }
-
-  // This lane's two rows (g and g + 8 of the warp's 16) and their positions.
-  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
-  int pos_lo = r_lo < nrows ? p.pos[tok0 + (r0 + r_lo) / G] : -1;
-  int pos_hi = r_hi < nrows ? p.pos[tok0 + (r0 + r_hi) / G] : -1;
   int warp_last = max(pos_lo, pos_hi);
 #pragma unroll
   for (int o = 16; o >= 1; o >>= 1) warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
@@ -284,38 +344,61 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
   for (int o = 16; o >= 1; o >>= 1) warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, o));
   auto out_row = [&](int r) -> int64_t {
     const int rr = r0 + r;
-    return (static_cast<int64_t>(tok0 + rr / G) * p.n_heads + kvh * G + rr % G) * hd;
+    return (static_cast<int64_t>(tok0 + run_tok(rr)) * p.n_heads + run_head(rr)) * hd;
   };
   auto out_bf16_row = [&](int r) -> int64_t {
     const int rr = r0 + r;
-    return static_cast<int64_t>(tok0 + rr / G) * p.obf_ld + static_cast<int64_t>(kvh * G + rr % G) * hd;
+    return static_cast<int64_t>(tok0 + run_tok(rr)) * p.obf_ld + static_cast<int64_t>(run_head(rr)) * hd;
   };
 
-  // Cache slot of a key (-1 past max_pos: loaded as zeros).
-  auto slot_of = [&](int key) -> int {
-    return key <= max_pos ? table[key / p.block_size] * p.block_size + key % p.block_size : -1;
-  };
-  // Copies of one tile of K or V (base) into buffer b, slots from ring entry rs.
-  auto issue_one = [&](const uint16_t* base, int b, int rs) {
-    uint16_t* dst = ks + b * KT * LD;
+  // Copies of one tile: K into buffer bk (do_k) and V into buffer bv (do_v), slots from ring
+  // entry rs. Copy i of a tile is row i / CPR, elements E·(i % CPR) + [0, E) (E = 8: 16-byte
+  // copies, else 2: 4-byte). SH CTAs where NT is a multiple of CPR (HDP a power of two): a
+  // thread's copies are one fixed column of rows cr, cr + NT/CPR, ...; their addresses are set
+  // up once, and a row's slot and cache offset serve both its K and its V copy. A decode CTA is
+  // latency-bound on one warp per scheduler, and the general loop (per copy: a division, a
+  // branch, the shared and global address from scratch: about 40 instructions) was about half
+  // of the instructions a tile issued. Prefill CTAs keep the general loop: the set-up
+  // addresses stay live across the tile loop, and prefill<128> (held to 168 registers) spilled.
+  const uint32_t ks_sh = static_cast<uint32_t>(__cvta_generic_to_shared(ks));
+  const int kv_row_bytes = p.n_kv_heads * hd * 2;  // < 2^31: checked by the launcher
+  auto issue = [&](auto elems, bool do_k, int bk, bool do_v, int bv, int rs) {
+    constexpr int E = decltype(elems)::value, CPR = HDP / E;
     const int32_t* slots = slot_s + rs * KT;
-    if (p.vec16) {
-      constexpr int CPR = HDP / 8;
-      for (int i = tid; i < KT * CPR; i += NT) {
-        const int r = i / CPR, c = 8 * (i - r * CPR);
-        if (c >= hd) continue;
-        const int slot = slots[r];
-        cp_async16(dst + r * LD + c, base + (slot >= 0 ? slot * kv_row + c : 0), slot >= 0);
+    if constexpr (SH && NT % CPR == 0) {
+      constexpr int RSTEP = NT / CPR;
+      const int cc = E * (tid % CPR), cr = tid / CPR;
+      if (cc >= hd) return;
+      const char* ksrc = reinterpret_cast<const char*>(kbase + cc);
+      const char* vsrc = reinterpret_cast<const char*>(vbase + cc);
+      const uint32_t d0 = ks_sh + 2 * (cr * LD + cc);
+      const uint32_t dk = d0 + 2 * bk * KT * LD, dv = d0 + 2 * bv * KT * LD;
+#pragma unroll 8
+      for (int k = 0; k < KT / RSTEP; ++k) {
+        const int slot = slots[cr + k * RSTEP];
+        const uint64_t off = uint64_t{static_cast<uint32_t>(max(slot, 0))} * static_cast<uint32_t>(kv_row_bytes);
+        const uint32_t dr = 2 * k * RSTEP * LD;
+        if (do_k) cp_async_s<2 * E>(dk + dr, ksrc + off, slot < 0);
+        if (do_v) cp_async_s<2 * E>(dv + dr, vsrc + off, slot < 0);
       }
     } else {
-      constexpr int CPR = HDP / 2;
-      for (int i = tid; i < KT * CPR; i += NT) {
-        const int r = i / CPR, c = 2 * (i - r * CPR);
-        if (c >= hd) continue;
-        const int slot = slots[r];
-        cp_async4(dst + r * LD + c, base + (slot >= 0 ? slot * kv_row + c : 0), slot >= 0);
-      }
+      auto one = [&](const uint16_t* base, int b) {
+        uint16_t* dst = ks + b * KT * LD;
+        for (int i = tid; i < KT * CPR; i += NT) {
+          const int r = i / CPR, c = E * (i - r * CPR);
+          if (c >= hd) continue;
+          const int slot = slots[r];
+          if constexpr (E == 8) cp_async16(dst + r * LD + c, base + (slot >= 0 ? slot * kv_row + c : 0), slot >= 0);
+          else cp_async4(dst + r * LD + c, base + (slot >= 0 ? slot * kv_row + c : 0), slot >= 0);
+        }
+      };
+      if (do_k) one(kbase, bk);
+      if (do_v) one(vbase, bv);
     }
+  };
+  auto issue_tile = [&](bool do_k, int bk, bool do_v, int bv, int rs) {
+    if (p.vec16) issue(std::integral_constant<int, 8>(), do_k, bk, do_v, bv, rs);
+    else issue(std::integral_constant<int, 2>(), do_k, bk, do_v, bv, rs);
   };
 
   // The split being reduced (m, l, acc) and, for fused items, the merge of the splits before it.
@@ -338,16 +421,30 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
   // i − 2 for a K (consumed before the tile's first barrier) and K of tile i − 1 for a V (before
   // its second barrier); with NB = 4, the same kind of tile i − 1 (before the first barrier).
   // Commit groups: NB = 3: one per load; NB = 4: one per tile.
-  for (int k = 0; k < 2; ++k)
-    for (int r = tid; r < KT; r += NT) slot_s[k * KT + r] = t_begin + k < t_end ? slot_of((t_begin + k) * KT + r) : -1;
+  if constexpr (SH) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+      for (int j = 0; j < kSlotsPerThread; ++j)
+        if (tid + j * NT < KT) slot_s[k * KT + tid + j * NT] = first_slots[k][j];
+  } else {
+    for (int k = 0; k < 2; ++k)
+      for (int r = tid; r < KT; r += NT) slot_s[k * KT + r] = t_begin + k < t_end ? slot_of((t_begin + k) * KT + r) : -1;
+  }
   __syncthreads();
-  issue_one(kbase, 0, 0);
-  if (NB == 3) cp_async_commit();
-  issue_one(vbase, 1, 0);
+  if (NB == 3) {
+    issue_tile(true, 0, false, 0, 0);
+    cp_async_commit();
+    issue_tile(false, 0, true, 1, 0);
+  } else {
+    issue_tile(true, 0, true, 1, 0);
+  }
   cp_async_commit();
   auto next_buf = [](int b) { return NB == 3 ? (b == 0 ? 2 : b - 1) : (b + 2) & 3; };  // (b + 2) % NB
 
-  for (int t = t_begin, kbuf = 0, vbuf = 1, ring = 0; t < t_end; ++t) {
+  // SH: sh_split and sh_left (tiles left in it) count the splits (no `%` and `/` per tile);
+  // prefill keeps the division (two more live registers made prefill<128> spill).
+  for (int t = t_begin, kbuf = 0, vbuf = 1, ring = 0, sh_split = s_begin, sh_left = p.split_tiles; t < t_end; ++t) {
     int pre[kSlotsPerThread];
 #pragma unroll
     for (int k = 0; k < kSlotsPerThread; ++k) {
@@ -359,10 +456,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
     const bool active = p0 <= warp_last, dense = p0 + KT - 1 <= warp_first;
     cp_async_wait<NB == 3 ? 1 : 0>();
     __syncthreads();  // K (NB = 4: and V) of tile t landed; all are done with tile t − 1
-    if (more) {
-      issue_one(kbase, next_buf(kbuf), ring ^ 1);
-      if (NB == 4) issue_one(vbase, next_buf(vbuf), ring ^ 1);
-    }
+    if (more) issue_tile(true, next_buf(kbuf), NB == 4, next_buf(vbuf), ring ^ 1);
     cp_async_commit();
     uint32_t pa[4][4];
     float f_lo = 1.0f, f_hi = 1.0f;
@@ -540,7 +634,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
       if (NB == 3) cp_async_wait<1>();
       __syncthreads();  // sum subtrees and P written; NB = 3: V of tile t landed, all are done with K
       if (NB == 3) {
-        if (more) issue_one(vbase, kbuf, ring ^ 1);  // kbuf == next_buf(vbuf)
+        if (more) issue_tile(false, 0, true, kbuf, ring ^ 1);  // kbuf == next_buf(vbuf)
         cp_async_commit();
       }
       float ps_lo, ps_hi;
@@ -563,7 +657,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
     if (NB == 3 && !Shape::SPLIT) {
       cp_async_wait<1>();
       __syncthreads();  // V of tile t landed; all are done with K of tile t
-      if (more) issue_one(vbase, kbuf, ring ^ 1);  // kbuf == next_buf(vbuf)
+      if (more) issue_tile(false, 0, true, kbuf, ring ^ 1);  // kbuf == next_buf(vbuf)
       cp_async_commit();
     }
     auto phase_pv = [&](auto masked_tag) {
@@ -605,8 +699,8 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
     }
 
     // End of a split: hand its state to the merge (here or through the workspace), start afresh.
-    if (!more || (t + 1) % p.split_tiles == 0) {
-      const int split = t / p.split_tiles;
+    if (!more || (SH ? --sh_left == 0 : (t + 1) % p.split_tiles == 0)) {
+      const int split = SH ? sh_split : t / p.split_tiles;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = h ? r_hi : r_lo;
@@ -628,15 +722,23 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
             for (int d = 0; d < (kRegMerge ? 2 * PW : 1); ++d)
 #pragma unroll
               for (int e = 0; e < 2; ++e) accR[d][2 * h + e] = merge_elem(cf, accR[d][2 * h + e], acc[d][2 * h + e]);
-          } else if (r < nrows && cf.kind != 0) {
+          } else if (r < nrows && (cf.kind != 0 || (kDivideAtEnd && !more))) {
+            // kDivideAtEnd: after the CTA's last split, out = acc / l right here, the division
+            // the pass after the loop makes of the merged state read back from out, without
+            // that round trip through global memory at the end of every decode step.
             float* o = p.out + out_row(r);
 #pragma unroll
             for (int d = 0; d < 2 * PW; ++d) {
               const int c = 8 * (2 * dp0 + d) + 2 * tq;
               if (c >= hd) continue;
-              const float2 prev = cf.kind == 2 ? *reinterpret_cast<const float2*>(o + c) : make_float2(0.0f, 0.0f);
-              *reinterpret_cast<float2*>(o + c) = make_float2(merge_elem(cf, prev.x, acc[d][2 * h]),
-                                                              merge_elem(cf, prev.y, acc[d][2 * h + 1]));
+              const bool read = cf.kind == 2 || (kDivideAtEnd && cf.kind == 0);
+              const float2 prev = read ? *reinterpret_cast<const float2*>(o + c) : make_float2(0.0f, 0.0f);
+              float2 v = make_float2(merge_elem(cf, prev.x, acc[d][2 * h]), merge_elem(cf, prev.y, acc[d][2 * h + 1]));
+              if (kDivideAtEnd && !more) {
+                v = make_float2(__fdiv_rn(v.x, cf.l), __fdiv_rn(v.y, cf.l));
+                if (p.obf) *reinterpret_cast<uint32_t*>(p.obf + out_bf16_row(r) + c) = pack_bf16(v.x, v.y);
+              }
+              *reinterpret_cast<float2*>(o + c) = v;
             }
           }
           if (h) mR_hi = cf.m, lR_hi = cf.l;
@@ -649,6 +751,8 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
       for (int d = 0; d < 2 * PW; ++d)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[d][e] = 0.0f;
+      ++sh_split;
+      sh_left = p.split_tiles;
     }
 
     {  // slots of tile t + 2 into tile t's ring entry (read two barriers ago)
@@ -662,7 +766,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
     ring ^= 1;
   }
 
-  if (pbase < 0) {  // out = acc / l
+  if (!kDivideAtEnd && pbase < 0) {  // out = acc / l
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = h ? r_hi : r_lo;
@@ -871,8 +975,11 @@ int sm_count() {
 // than one-warp CTAs at batch 1-8 and 1.15-1.3x at batch 64-256 (one warp per CTA was slower at
 // every batch measured, so it is not kept). Splitting S over the four warps then gave another
 // 1.1-1.3x at batch 1-8 and 1.1x at batch 64-256; eight warps per decode CTA (one n-tile each)
-// were slower at every batch (1.1x at batch 1, about 1.7x at batch >= 64). Prefill CTAs: three
-// buffers, four for head_dim 256. A schedule only: the bits are the same.
+// were slower at every batch (1.1x at batch 1, about 1.7x at batch >= 64). Fewer instructions
+// per decode tile (copy addresses set up once, no integer division per tile or key) and a
+// prologue that issues its loads together then took batch 1 from 13.8 to 9.1 us at 160 keys and
+// from 27.9 to 16.0 us at 512 (batch 8 at 512: 28.3 to 16.3; batch 64 and 256: 1-5%). Prefill
+// CTAs: three buffers, four for head_dim 256. A schedule only: the bits are the same.
 template <int HDP>
 void launch_both(const Params& p, const AttentionPlan& plan, const int32_t* work, cudaStream_t stream) {
   if (plan.n_small <= 2 * sm_count()) launch_tc<HDP, 4, 4, true>(p, work, plan.n_small, stream);
@@ -1002,6 +1109,11 @@ void attention_paged(const PagedAttentionArgs& a, const AttentionPlan& plan, con
   p.n_heads = plan.n_heads, p.n_kv_heads = plan.n_kv_heads, p.head_dim = hd;
   p.group = plan.n_heads / plan.n_kv_heads;
   p.split_tiles = plan.split / kAttnKeyTile;
+  auto log2_or_none = [](int v) { return v > 0 && (v & (v - 1)) == 0 ? __builtin_ctz(static_cast<unsigned>(v)) : -1; };
+  p.bs_shift = log2_or_none(a.block_size);
+  p.group_shift = log2_or_none(p.group);
+  DETINFER_CHECK(int64_t{plan.n_kv_heads} * hd * 2 < (int64_t{1} << 31), "attention: a cache row of ",
+                 plan.n_kv_heads, " kv heads × head_dim ", hd, " is 2 GiB or more");
   p.vec16 = hd % 8 == 0 && reinterpret_cast<uintptr_t>(a.k_cache) % 16 == 0 &&
             reinterpret_cast<uintptr_t>(a.v_cache) % 16 == 0;
   if (plan.n_simple > 0) {

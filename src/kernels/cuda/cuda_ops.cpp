@@ -248,6 +248,9 @@ struct CudaOps::Impl {
   PendingRope pending_rope[2] = {};
   int n_pending_rope = 0;
   void flush_rope();
+  // rmsnorm (r null) or add_rmsnorm (x += r first) of rows of D, with the GEMM's bf16 copy.
+  void norm(float* x, const float* r, int64_t rows, int64_t D, const TensorView& w, float eps,
+            float* y);
 
   // Unique K/V bytes the step's attention reads (all layers' shapes are equal: per layer).
   double attn_kv_bytes = 0;
@@ -322,6 +325,14 @@ struct CudaOps::Impl {
   }
 
   const int32_t* meta(int64_t off) const { return meta_dev.as<int32_t>() + off; }
+  // Makes b hold at least `bytes` (doubling): queued kernels may still use the old buffer, and
+  // recordings that point at it are dropped (generation).
+  void grow(DeviceBuffer& b, int64_t bytes, const char* what) {
+    if (b.bytes() >= bytes) return;
+    sync();
+    ++generation;
+    b.allocate(std::max(bytes, 2 * b.bytes()), what);
+  }
 
   DeviceBuffer upload_matrix(const std::vector<const TensorView*>& parts, cuda::GemmWeight* view);
   const cuda::GemmWeight& matrix(const TensorView& w);
@@ -481,12 +492,8 @@ const float* CudaOps::Impl::vector(const TensorView& t, int64_t n, const char* w
 
 uint16_t* CudaOps::Impl::bf16_input(int64_t rows, int64_t K) {
   const int64_t need = rows * twin_ld(K) * static_cast<int64_t>(sizeof(uint16_t));
-  if (x_bf16.bytes() < need) {
-    sync();
-    ++generation;
-    twin_valid = false;
-    x_bf16.allocate(std::max(need, 2 * x_bf16.bytes()), "matmul input (bf16)");
-  }
+  if (x_bf16.bytes() < need) twin_valid = false;
+  grow(x_bf16, need, "matmul input (bf16)");
   return x_bf16.as<uint16_t>();
 }
 
@@ -824,17 +831,9 @@ void CudaOps::begin_step(const StepBatch& batch) {
       std::memcpy(m + lay.tables + seq_off[q], batch.block_tables[q].data(),
                   static_cast<size_t>(max_pos[q] / s.kv.block_size + 1) * sizeof(int32_t));
   const int64_t bytes = std::max<int64_t>(lay.total, 1) * static_cast<int64_t>(sizeof(int32_t));
-  if (s.meta_dev.bytes() < bytes) {
-    s.sync();
-    ++s.generation;
-    s.meta_dev.allocate(std::max(bytes, 2 * s.meta_dev.bytes()), "step metadata");
-  }
-  const int64_t ws_bytes = s.attn_plan.workspace_floats * static_cast<int64_t>(sizeof(float));
-  if (s.attn_workspace.bytes() < ws_bytes) {
-    s.sync();
-    ++s.generation;
-    s.attn_workspace.allocate(std::max(ws_bytes, 2 * s.attn_workspace.bytes()), "attention partials");
-  }
+  s.grow(s.meta_dev, bytes, "step metadata");
+  s.grow(s.attn_workspace, s.attn_plan.workspace_floats * static_cast<int64_t>(sizeof(float)),
+         "attention partials");
   check(cudaMemcpyAsync(s.meta_dev.as<void>(), m, lay.total * sizeof(int32_t),
                         cudaMemcpyHostToDevice, s.stream),
         "metadata upload");
@@ -1038,11 +1037,7 @@ void CudaOps::matmul_n(const float* x, int64_t M, int n, const TensorView* const
     return;
   }
   const int64_t need = M * st.view.N * static_cast<int64_t>(sizeof(float));
-  if (s.stack_out.bytes() < need) {
-    s.sync();
-    ++s.generation;
-    s.stack_out.allocate(std::max(need, 2 * s.stack_out.bytes()), "a stacked matmul output");
-  }
+  s.grow(s.stack_out, need, "a stacked matmul output");
   s.gemm(x, M, st.view, bias, s.stack_out.as<float>());
   cuda::SplitColumns parts;
   parts.n = n;
@@ -1051,36 +1046,31 @@ void CudaOps::matmul_n(const float* x, int64_t M, int n, const TensorView* const
   cuda::split_columns(s.stack_out.as<float>(), M, st.view.N, parts, s.stream);
 }
 
-void CudaOps::rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,
-                      float* y) {
-  Impl& s = *impl_;
-  s.set_device();
-  s.flush_rope();
-  const float* wd = s.vector(w, D, "rmsnorm weight");
-  s.forget_twin();
+void CudaOps::Impl::norm(float* x, const float* r, int64_t rows, int64_t D, const TensorView& w,
+                         float eps, float* y) {
+  set_device();
+  flush_rope();
+  const float* wd = vector(w, D, "rmsnorm weight");
+  forget_twin();
   if (rows <= 0) return;
   // The norms that feed a GEMM (rows of d_model) also write its bf16 input.
-  const bool twin = s.twins && D == s.config.d_model;
-  uint16_t* tw = twin ? s.bf16_input(rows, D) : nullptr;
-  DETINFER_PROFILE_OP(s, shape_key("rmsnorm", rows, D, rows), 8.0 * rows * D, 0);
+  const bool twin = twins && D == config.d_model;
+  uint16_t* tw = twin ? bf16_input(rows, D) : nullptr;
+  DETINFER_PROFILE_OP(*this, shape_key(r ? "add+rmsnorm" : "rmsnorm", rows, D, rows),
+                      (r ? 16.0 : 8.0) * rows * D, 0);
+  cuda::rmsnorm(x, r, rows, D, wd, eps, y, tw, twin_ld(D), stream);
+  if (twin) set_twin(y, rows, D);
+}
+
+void CudaOps::rmsnorm(const float* x, int64_t rows, int64_t D, const TensorView& w, float eps,
+                      float* y) {
   // The kernel takes x as writable for its fused form; without a residual it only reads it.
-  cuda::rmsnorm(const_cast<float*>(x), nullptr, rows, D, wd, eps, y, tw, Impl::twin_ld(D), s.stream);
-  if (twin) s.set_twin(y, rows, D);
+  impl_->norm(const_cast<float*>(x), nullptr, rows, D, w, eps, y);
 }
 
 void CudaOps::add_rmsnorm(float* x, const float* r, int64_t rows, int64_t D, const TensorView& w,
                           float eps, float* y) {
-  Impl& s = *impl_;
-  s.set_device();
-  s.flush_rope();
-  const float* wd = s.vector(w, D, "rmsnorm weight");
-  s.forget_twin();
-  if (rows <= 0) return;
-  const bool twin = s.twins && D == s.config.d_model;
-  uint16_t* tw = twin ? s.bf16_input(rows, D) : nullptr;
-  DETINFER_PROFILE_OP(s, shape_key("add+rmsnorm", rows, D, rows), 16.0 * rows * D, 0);
-  cuda::rmsnorm(x, r, rows, D, wd, eps, y, tw, Impl::twin_ld(D), s.stream);
-  if (twin) s.set_twin(y, rows, D);
+  impl_->norm(x, r, rows, D, w, eps, y);
 }
 
 void CudaOps::Impl::flush_rope() {
@@ -1251,21 +1241,14 @@ void CudaOps::sample_rows(const float* logits, int64_t n_rows, int32_t vocab, co
       s.sample_history_host.insert(s.sample_history_host.end(), in.history, in.history + in.history_len);
     }
   }
-  auto grow = [&](DeviceBuffer& b, int64_t bytes, const char* what) {
-    if (b.bytes() < bytes) {
-      s.sync();
-      ++s.generation;
-      b.allocate(std::max(bytes, 2 * b.bytes()), what);
-    }
-  };
   const int64_t params_bytes = n_rows * static_cast<int64_t>(sizeof(cuda::SampleRowParams));
   const int64_t history_bytes = static_cast<int64_t>(s.sample_history_host.size() * sizeof(int32_t));
   const int64_t ws_bytes = static_cast<int64_t>(cuda::sample_workspace_bytes(n_rows, vocab));
   const int64_t results_bytes = n_rows * static_cast<int64_t>(sizeof(cuda::SampleRowResult));
-  grow(s.sample_params, params_bytes, "sampling parameters");
-  grow(s.sample_history, history_bytes, "sampling histories");
-  grow(s.sample_workspace, ws_bytes, "the sampling workspace");
-  grow(s.sample_results, results_bytes, "sampling results");
+  s.grow(s.sample_params, params_bytes, "sampling parameters");
+  s.grow(s.sample_history, history_bytes, "sampling histories");
+  s.grow(s.sample_workspace, ws_bytes, "the sampling workspace");
+  s.grow(s.sample_results, results_bytes, "sampling results");
   if (s.sample_results_cap < n_rows) {
     s.sync();
     if (s.sample_results_pinned) cudaFreeHost(s.sample_results_pinned);

@@ -41,7 +41,19 @@ constexpr int kNormBatch = 8;
 // stored first and the norm reads the stored sum (the add kernel's rounding, then this order);
 // with `twin`, y is also written as bf16 (round to nearest even) rows of twin_ld, the GEMM input
 // that round_rows_to_bf16 would make from y.
-//
+
+// The block's sum of the threads' partials s (warp butterflies, then the 8 warp sums as
+// ((w0 + w1) + (w2 + w3)) + ((w4 + w5) + (w6 + w7))), and r = 1 / sqrt(ss / D + eps).
+__device__ __forceinline__ float norm_scale(float s, int64_t D, float eps, float* warp_sums) {
+  s = warp_sum(s);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+  __syncthreads();
+  const float* ws = warp_sums;
+  const float ss = __fadd_rn(__fadd_rn(__fadd_rn(ws[0], ws[1]), __fadd_rn(ws[2], ws[3])),
+                             __fadd_rn(__fadd_rn(ws[4], ws[5]), __fadd_rn(ws[6], ws[7])));
+  return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(D)), eps)));
+}
+
 // kHeld > 0 (rows up to kNormThreads·kHeld values, d_model of the usual models): the row stays in
 // registers between the sum and the scaling, and the weights are loaded before the block's
 // reduction, so a decode row (latency-bound) waits on memory once. kHeld = 0: any D, in batches.
@@ -82,14 +94,7 @@ __global__ void __launch_bounds__(kNormThreads)
       if (i < D) s = __fmaf_rn(v[u], v[u], s);
       wv[u] = i < D ? w[i] : 0.0f;
     }
-    s = warp_sum(s);
-    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
-    __syncthreads();
-    const float* ws = warp_sums;
-    const float ss = __fadd_rn(__fadd_rn(__fadd_rn(ws[0], ws[1]), __fadd_rn(ws[2], ws[3])),
-                               __fadd_rn(__fadd_rn(ws[4], ws[5]), __fadd_rn(ws[6], ws[7])));
-    const float r = __fdiv_rn(
-        1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(D)), eps)));
+    const float r = norm_scale(s, D, eps, warp_sums);
 #pragma unroll
     for (int u = 0; u < kHeld; ++u) {
       const int64_t i = threadIdx.x + u * kNormThreads;
@@ -125,14 +130,7 @@ __global__ void __launch_bounds__(kNormThreads)
       for (int u = 0; u < kNormBatch; ++u)
         if (i0 + u * kNormThreads < D) s = __fmaf_rn(v[u], v[u], s);
     }
-    s = warp_sum(s);
-    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
-    __syncthreads();
-    const float* ws = warp_sums;
-    const float ss = __fadd_rn(__fadd_rn(__fadd_rn(ws[0], ws[1]), __fadd_rn(ws[2], ws[3])),
-                               __fadd_rn(__fadd_rn(ws[4], ws[5]), __fadd_rn(ws[6], ws[7])));
-    const float r = __fdiv_rn(
-        1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(D)), eps)));
+    const float r = norm_scale(s, D, eps, warp_sums);
     // In place (y == x or y == residual) is safe: each thread writes only the elements it read.
 #pragma unroll 4
     for (int64_t i = threadIdx.x; i < D; i += kNormThreads) {

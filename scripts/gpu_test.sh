@@ -119,6 +119,8 @@ step sampler-memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$T" 
   --gtest_filter='*SamplerGpu*:-*Many*:*Long*'
 # CUDA graphs on and off through the CLI: the same digest.
 step cli-graphs-off bash -c "a=\$(DETINFER_CUDA_GRAPHS=0 '$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); b=\$('$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); echo \"graphs off \$a, on \$b\"; [ \"\$a\" = \"\$b\" ]"
+# Programmatic dependent launch of the GEMMs off and on through the CLI: the same digest.
+step cli-pdl-off bash -c "a=\$(DETINFER_PDL=0 '$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); b=\$('$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); echo \"pdl off \$a, on \$b\"; [ \"\$a\" = \"\$b\" ]"
 # All-reduce: one process per rank over CUDA IPC (real GPUs), then NCCL at world sizes 3, 4, 8
 # with virtual ranks (several processes per GPU), then the sanitizers on the P2P kernels.
 step allreduce-mp-world2 launch_ranks 2 "$T" --gtest_filter='AllreduceMultiProcess.*'

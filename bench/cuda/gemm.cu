@@ -10,7 +10,10 @@
 // Times are CUDA-event medians; calls under 0.5 ms are timed as CUDA graphs of 10 calls (no host
 // launch overhead, as in a captured decode step). Exit status 1 if a check fails.
 //
-//   bench_gemm [--quick] [--sanitize] [--sweep] [--reps N]
+// --m M (repeatable, 1..4096) times only those M (the checks still use M = 4096); --shape N K
+// (repeatable) runs those weight shapes instead of the 8B list.
+//
+//   bench_gemm [--quick] [--sanitize] [--sweep] [--m M]... [--shape N K]... [--reps N]
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -157,15 +160,23 @@ struct Shape {
 
 int main(int argc, char** argv) {
   bool quick = false, sanitize = false, sweep = false;
+  std::vector<int64_t> only_m;
+  std::vector<std::pair<int64_t, int64_t>> only_shapes;
   int reps = 20;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
     else if (a == "--sanitize") sanitize = true;
     else if (a == "--sweep") sweep = true;
+    else if (a == "--m" && i + 1 < argc) only_m.push_back(std::atoll(argv[++i]));
+    else if (a == "--shape" && i + 2 < argc) {
+      const int64_t n = std::atoll(argv[i + 1]), k = std::atoll(argv[i + 2]);
+      only_shapes.push_back({n, k});
+      i += 2;
+    }
     else if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else {
-      std::fprintf(stderr, "usage: bench_gemm [--quick] [--sanitize] [--sweep] [--reps N]\n");
+      std::fprintf(stderr, "usage: bench_gemm [--quick] [--sanitize] [--sweep] [--m M]... [--shape N K]... [--reps N]\n");
       return 2;
     }
   }
@@ -177,6 +188,16 @@ int main(int argc, char** argv) {
     std::vector<int64_t> Ms = {1, 8, 64, 256, 4096};
     int64_t Mbig = 4096;
     if (quick) shapes = {{4096, 4096}, {1024, 4096}, {1000, 4000}};
+    if (!only_m.empty()) Ms = only_m;
+    for (int64_t m : Ms)
+      if (m < 1 || m > Mbig) detinfer::fail("bench_gemm: --m ", m, " is outside 1..", Mbig);
+    if (!only_shapes.empty()) {
+      shapes.clear();
+      for (auto [n, k] : only_shapes) {
+        if (n < 1 || k < 1) detinfer::fail("bench_gemm: --shape ", n, " ", k, " is empty");
+        shapes.push_back({n, k});
+      }
+    }
     if (sanitize) {
       shapes = {{1000, 4000}, {8000, 544}};  // the second one runs the 128 x 256 tiles
       Ms = {1, 8, 64, 300};

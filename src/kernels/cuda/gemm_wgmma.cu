@@ -466,7 +466,9 @@ int gemm_wgmma_tile_tokens(int64_t M, const GemmWeight& w) {
   if (M <= 8) return 8;
   if (M <= 32) return 32;
   if (M <= 64) return 64;
-  return big_tiles(M, w) ? 256 : 128;
+  // 256-token tiles would be at least half empty up to M = 128 (H200, 28672 × 4096 at M = 128:
+  // 0.132 ms against 0.076 with 128-token tiles).
+  return M > 128 && big_tiles(M, w) ? 256 : 128;
 }
 
 void round_rows_to_bf16(const float* x, int64_t M, int64_t K, int64_t ld_out, uint16_t* out,

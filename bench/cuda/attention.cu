@@ -31,29 +31,16 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.cuh"
 #include "common/error.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/launch.h"
 
 using namespace detinfer::cuda;
+using namespace detinfer::bench;
 
 namespace {
 
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) detinfer::fail(what, ": ", cudaGetErrorString(e));
-}
-
-__host__ __device__ inline uint32_t mix(uint64_t v) {
-  v ^= v >> 33;
-  v *= 0xff51afd7ed558ccdull;
-  v ^= v >> 33;
-  v *= 0xc4ceb9fe1a85ec53ull;
-  v ^= v >> 33;
-  return static_cast<uint32_t>(v);
-}
-__device__ inline float uni(uint64_t seed, uint64_t i) {  // uniform in [-1, 1)
-  return static_cast<float>(mix(seed * 0x9E3779B97F4A7C15ull + i) >> 8) * (2.0f / 16777216.0f) - 1.0f;
-}
 __global__ void fill_f32(float* x, int64_t n, uint64_t seed, float amp) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
     x[i] = amp * uni(seed, i);

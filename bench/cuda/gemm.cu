@@ -25,32 +25,18 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.cuh"
 #include "common/error.h"
 #include "kernels/cuda/gemm_wgmma.h"
 #include "kernels/cuda/launch.h"
 
 using namespace detinfer::cuda;
+using namespace detinfer::bench;
 
 namespace {
 
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) detinfer::fail(what, ": ", cudaGetErrorString(e));
-}
 void ckb(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) detinfer::fail(what, ": cuBLAS status ", static_cast<int>(s));
-}
-
-__device__ __host__ inline uint32_t mix(uint64_t v) {
-  v ^= v >> 33;
-  v *= 0xff51afd7ed558ccdull;
-  v ^= v >> 33;
-  v *= 0xc4ceb9fe1a85ec53ull;
-  v ^= v >> 33;
-  return static_cast<uint32_t>(v);
-}
-// Uniform in [-1, 1).
-__device__ inline float uni(uint64_t seed, uint64_t i) {
-  return static_cast<float>(mix(seed * 0x9E3779B97F4A7C15ull + i) >> 8) * (2.0f / 16777216.0f) - 1.0f;
 }
 
 __global__ void fill_x(float* x, int64_t n, uint64_t seed) {

@@ -19,26 +19,15 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.cuh"
 #include "common/error.h"
 #include "kernels/cuda/sampler.h"
 
 using namespace detinfer;
 using namespace detinfer::cuda;
+using namespace detinfer::bench;
 
 namespace {
-
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail(what, ": ", cudaGetErrorString(e));
-}
-
-__device__ uint32_t mix(uint64_t v) {
-  v ^= v >> 33;
-  v *= 0xff51afd7ed558ccdull;
-  v ^= v >> 33;
-  v *= 0xc4ceb9fe1a85ec53ull;
-  v ^= v >> 33;
-  return static_cast<uint32_t>(v);
-}
 
 // Roughly N(0, 2²) (sum of four uniforms), plus 4 tokens per row at 10-13.
 __global__ void fill_logits(float* x, int64_t rows, int32_t V) {

@@ -51,13 +51,7 @@ const float* llama_forward(Ops& ops, const ModelConfig& c, const ModelWeights& w
       ops.attention(i, q, k, v, attn);
       ops.matmul(attn, T, l.wo, nullptr, h);
       ops.add_rmsnorm(x, h, T, D, l.ffn_norm, c.norm_eps, h);
-      {
-        const TensorView* ws[2] = {&l.w_gate, &l.w_up};
-        const TensorView* bs[2] = {nullptr, nullptr};
-        float* ys[2] = {gate, up};
-        ops.matmul_n(h, T, 2, ws, bs, ys);
-      }
-      ops.swiglu(gate, up, T * F, gate);
+      ops.matmul_swiglu(h, T, l.w_gate, l.w_up, gate, up, gate);
       ops.matmul(gate, T, l.w_down, nullptr, h);
     }
     if (c.n_layers > 0) ops.add(x, h, T * D);

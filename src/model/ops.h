@@ -82,6 +82,17 @@ class Ops {
   virtual void attention(int layer, const float* q, const float* k, const float* v,
                          float* out) = 0;
   virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // out[M, F] = swiglu(x · w_gateᵀ, x · w_upᵀ) (both [F, K], no bias), with gate and up as
+  // scratch of M·F floats each (out may be gate): the bits of matmul_n() then swiglu(); a backend
+  // may compute SwiGLU in the GEMM's epilogue.
+  virtual void matmul_swiglu(const float* x, int64_t M, const TensorView& w_gate,
+                             const TensorView& w_up, float* gate, float* up, float* out) {
+    const TensorView* ws[2] = {&w_gate, &w_up};
+    const TensorView* bs[2] = {nullptr, nullptr};
+    float* ys[2] = {gate, up};
+    matmul_n(x, M, 2, ws, bs, ys);
+    swiglu(gate, up, M * w_gate.rows(), out);
+  }
   virtual void add(float* y, const float* x, int64_t n) = 0;
   // x += r, then y = rmsnorm(x) (rows of D): the bits of add() then rmsnorm(); a backend may fuse
   // them into one pass.

@@ -308,6 +308,47 @@ TEST(CudaOpsFusion, AddRmsnormAndItsBf16CopyGiveTheSeparateBits) {
   }
 }
 
+// matmul_swiglu (on Hopper: one GEMM over gate and up interleaved in blocks of 8 rows, SwiGLU in
+// its epilogue, the down projection's bf16 input written beside it) against Ops' default, the
+// stacked GEMM then the SwiGLU kernel; then the down projection on each. Every token tile (M up
+// to 1100: the 256-token tiles), F a multiple of 8 and not, input from a norm's bf16 copy.
+TEST(CudaOpsFusion, SwigluInTheGateUpEpilogueGivesTheSeparateBits) {
+  CUDA_OPS_REQUIRE_GPU();
+  for (int64_t F : {1536, 100}) {
+    ModelConfig c;
+    c.n_layers = 1, c.d_model = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.d_ff = F;
+    c.vocab_size = 100, c.max_context = 256;
+    c.rope.rotary_dim = 64;
+    KvCacheShape kv;
+    kv.n_layers = 1, kv.num_blocks = 4, kv.block_size = 16, kv.n_kv_heads = 3, kv.head_dim = 64;
+    CudaOps ops(0);
+    ops.init(c, kv);
+    const int64_t D = c.d_model;
+    auto norm = make_vector(random_normal(D, 31, 0.2f), "norm");
+    auto wg = make_tensor(DType::BF16, F, D, 32, 0.05f, "gate");
+    auto wu = make_tensor(DType::Q8_0, F, D, 33, 0.05f, "up");
+    auto wd = make_tensor(DType::BF16, D, F, 34, 0.05f, "down");
+    constexpr int64_t kMaxM = 1100;
+    DeviceArray x(ops, 0, kMaxM * D), h(ops, 1, kMaxM * D);
+    DeviceArray g1(ops, 2, kMaxM * F), u1(ops, 3, kMaxM * F), g2(ops, 4, kMaxM * F), u2(ops, 5, kMaxM * F);
+    DeviceArray d1(ops, 6, kMaxM * D), d2(ops, 7, kMaxM * D);
+    x.upload(random_normal(kMaxM * D, 35, 2.0f));
+    for (int64_t M : {1, 3, 8, 9, 32, 33, 64, 100, 130, 300, 1100}) {
+      g1.poison(), g2.poison(), d1.poison(), d2.poison();
+      ops.rmsnorm(x.ptr, M, D, norm->view, 1e-5f, h.ptr);  // the GEMM reads its bf16 copy
+      ops.matmul_swiglu(h.ptr, M, wg->view, wu->view, g1.ptr, u1.ptr, g1.ptr);
+      ops.matmul(g1.ptr, M, wd->view, nullptr, d1.ptr);  // reads the epilogue's bf16 copy
+      ops.rmsnorm(x.ptr, M, D, norm->view, 1e-5f, h.ptr);
+      ops.Ops::matmul_swiglu(h.ptr, M, wg->view, wu->view, g2.ptr, u2.ptr, g2.ptr);
+      ops.matmul(g2.ptr, M, wd->view, nullptr, d2.ptr);  // reads the SwiGLU kernel's bf16 copy
+      const std::vector<float> a = g1.download(M * F), b = g2.download(M * F);
+      EXPECT_EQ(first_bit_difference(a.data(), b.data(), M * F), -1) << "SwiGLU, F " << F << " M " << M;
+      const std::vector<float> da = d1.download(M * D), db = d2.download(M * D);
+      EXPECT_EQ(first_bit_difference(da.data(), db.data(), M * D), -1) << "down, F " << F << " M " << M;
+    }
+  }
+}
+
 // ---- rmsnorm -------------------------------------------------------------------------------------
 
 TEST(CudaOpsRmsnorm, MatchesFp64AndIsRowCountInvariant) {

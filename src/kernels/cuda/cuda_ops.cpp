@@ -33,6 +33,9 @@ namespace {
 
 using cuda::check;
 
+// Marks the stack key of an interleaved gate/up weight (its address only).
+const char kGateUpKey = 0;
+
 std::string fixed(double v, int digits) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", digits, v);
@@ -115,7 +118,8 @@ struct CudaOps::Impl {
   bool hopper = false;
   // `--determinism off`: cuBLAS, its workspace, and x rounded to bf16 for it.
   cublasHandle_t blas = nullptr;
-  DeviceBuffer blas_workspace, x_bf16;
+  DeviceBuffer blas_workspace;
+  DeviceBuffer x_bf16[2];  // bf16 GEMM inputs (twins, below); [1] only for the fused SwiGLU
   cudaStream_t stream = nullptr;
   cudaEvent_t meta_copied = nullptr;  // the last metadata upload has left the pinned buffer
 
@@ -149,17 +153,22 @@ struct CudaOps::Impl {
   // bf16 copy of an activation, the input of the Hopper GEMM and of cuBLAS (x_bf16): while
   // twin_valid it holds bf16(twin_src) for twin_rows rows of twin_K values, round_up(K, 32)
   // apart. A norm or SwiGLU writes it beside its fp32 output, and the q/k/v (gate/up) GEMMs of
-  // one input share it, so most GEMMs skip their rounding pass. Any other op ends it.
+  // one input share it, so most GEMMs skip their rounding pass. Any other op ends it. The
+  // gate/up GEMM with SwiGLU in its epilogue reads x_bf16[0] while it writes the down
+  // projection's input, so that copy goes to x_bf16[1] (twin_buf says which holds the twin).
   bool twins = false;  // the GEMM path takes bf16 input (Hopper or cuBLAS)
   const float* twin_src = nullptr;
   int64_t twin_rows = 0, twin_K = 0;
+  int twin_buf = 0;
   bool twin_valid = false;
   static int64_t twin_ld(int64_t K) { return round_up(K, cuda::kGemmBK); }
-  uint16_t* bf16_input(int64_t rows, int64_t K);  // x_bf16, grown to rows × twin_ld(K)
+  // x_bf16[which], grown to rows × twin_ld(K)
+  uint16_t* bf16_input(int64_t rows, int64_t K, int which = 0);
   void forget_twin() { twin_valid = false; }
-  void set_twin(const float* src, int64_t rows, int64_t K) {
-    twin_src = src, twin_rows = rows, twin_K = K, twin_valid = true;
+  void set_twin(const float* src, int64_t rows, int64_t K, int which = 0) {
+    twin_src = src, twin_rows = rows, twin_K = K, twin_buf = which, twin_valid = true;
   }
+  const uint16_t* twin_data() const { return x_bf16[twin_buf].as<uint16_t>(); }
 
   // CUDA graphs of whole forward passes (Ops::replay_forward): a step whose shape (tokens,
   // logit rows) was seen before is recorded once and replayed after. Its kernels read the
@@ -167,6 +176,9 @@ struct CudaOps::Impl {
   // needs only the same buffers: `generation` counts every move of a buffer the kernels use,
   // and a recording from an older generation is dropped. DETINFER_CUDA_GRAPHS=0 turns them off.
   bool graphs = true;
+  // SwiGLU in the gate/up GEMM's epilogue (Hopper); DETINFER_FUSE_SWIGLU=0 runs the GEMM and
+  // the SwiGLU kernel instead (for timing comparisons; the same bits).
+  bool fuse_swiglu = true;
   static constexpr int64_t kGraphMaxTokens = 512;  // larger steps are launched op by op
   static constexpr size_t kGraphMax = 64;          // recordings kept (all dropped beyond)
   uint64_t generation = 0;
@@ -334,9 +346,13 @@ struct CudaOps::Impl {
     b.allocate(std::max(bytes, 2 * b.bytes()), what);
   }
 
-  DeviceBuffer upload_matrix(const std::vector<const TensorView*>& parts, cuda::GemmWeight* view);
+  // gate_up: two parts of F rows interleaved in blocks of 8 (cuda::interleaved_gate_row) for the
+  // SwiGLU epilogue, 16·⌈F/8⌉ rows.
+  DeviceBuffer upload_matrix(const std::vector<const TensorView*>& parts, cuda::GemmWeight* view,
+                             bool gate_up = false);
   const cuda::GemmWeight& matrix(const TensorView& w);
-  const Stack& stack(int n, const TensorView* const* ws, const TensorView* const* biases);
+  const Stack& stack(int n, const TensorView* const* ws, const TensorView* const* biases,
+                     bool gate_up = false);
   DeviceBuffer stack_out;  // a stacked GEMM's output before the split
   static constexpr int64_t kStackMaxM = 64;  // above: one GEMM per part (matmul_n)
   // y = x·Wᵀ (+ bias) with the GEMM of this object's mode (x rounded to bf16 unless its copy is
@@ -361,7 +377,7 @@ struct CudaOps::Impl {
 // each value rounded to bf16, padded with zeros to the tile multiples. Rows are independent:
 // large matrices are converted on several host threads.
 DeviceBuffer CudaOps::Impl::upload_matrix(const std::vector<const TensorView*>& parts,
-                                          cuda::GemmWeight* view) {
+                                          cuda::GemmWeight* view, bool gate_up) {
   const int64_t K = parts[0]->cols();
   int64_t N = 0;
   for (const TensorView* w : parts) {
@@ -373,6 +389,12 @@ DeviceBuffer CudaOps::Impl::upload_matrix(const std::vector<const TensorView*>& 
                    w->nbytes, " bytes, ", w->rows() * row_bytes, " needed for ", w->shape_str(), " ",
                    dtype_name(w->dtype));
     N += w->rows();
+  }
+  const int64_t F = parts[0]->rows();
+  if (gate_up) {
+    DETINFER_CHECK(parts.size() == 2 && parts[1]->rows() == F, "cuda matmul_swiglu: gate ",
+                   parts[0]->shape_str(), " and up ", parts.back()->shape_str(), " differ in shape");
+    N = 16 * ((F + 7) / 8);
   }
   cuda::GemmWeight v;
   v.N = N, v.K = K;
@@ -386,9 +408,16 @@ DeviceBuffer CudaOps::Impl::upload_matrix(const std::vector<const TensorView*>& 
       size_t part = 0;
       int64_t base = 0;
       for (int64_t r = r0; r < r1; ++r) {
-        while (r >= base + parts[part]->rows()) base += parts[part++]->rows();
+        int64_t src = 0;  // row of part `part`
+        if (gate_up) {    // stacked row 16j + 8p + i: part p's row 8j + i (zeros past F)
+          part = static_cast<size_t>((r >> 3) & 1), src = (r >> 4) * 8 + (r & 7);
+          if (src >= F) continue;
+        } else {
+          while (r >= base + parts[part]->rows()) base += parts[part++]->rows();
+          src = r - base;
+        }
         const TensorView& w = *parts[part];
-        dequantize_row(w.dtype, w.data + (r - base) * dtype_row_bytes(w.dtype, K), row.data(), K);
+        dequantize_row(w.dtype, w.data + src * dtype_row_bytes(w.dtype, K), row.data(), K);
         uint16_t* dst = host.data() + r * v.Kp;
         for (int64_t k = 0; k < K; ++k) dst[k] = f32_to_bf16(row[k]);
       }
@@ -421,10 +450,11 @@ const cuda::GemmWeight& CudaOps::Impl::matrix(const TensorView& w) {
 }
 
 const CudaOps::Impl::Stack& CudaOps::Impl::stack(int n, const TensorView* const* ws,
-                                                 const TensorView* const* biases) {
-  std::vector<const void*> key;  // the weights, then the biases (null where none)
+                                                 const TensorView* const* biases, bool gate_up) {
+  std::vector<const void*> key;  // the weights, then the biases (null where none), the layout
   for (int i = 0; i < n; ++i) key.push_back(ws[i]->data);
   for (int i = 0; i < n; ++i) key.push_back(biases[i] ? biases[i]->data : nullptr);
+  key.push_back(gate_up ? &kGateUpKey : nullptr);
   auto it = stacks.find(key);
   if (it != stacks.end()) {
     bool same = true;
@@ -438,7 +468,7 @@ const CudaOps::Impl::Stack& CudaOps::Impl::stack(int n, const TensorView* const*
   }
   Stack st;
   std::vector<const TensorView*> parts(ws, ws + n);
-  st.data = upload_matrix(parts, &st.view);
+  st.data = upload_matrix(parts, &st.view, gate_up);
   int64_t off = 0;
   std::vector<float> bias;
   for (int i = 0; i < n; ++i) {
@@ -490,11 +520,11 @@ const float* CudaOps::Impl::vector(const TensorView& t, int64_t n, const char* w
   return it->second.data.as<float>();
 }
 
-uint16_t* CudaOps::Impl::bf16_input(int64_t rows, int64_t K) {
+uint16_t* CudaOps::Impl::bf16_input(int64_t rows, int64_t K, int which) {
   const int64_t need = rows * twin_ld(K) * static_cast<int64_t>(sizeof(uint16_t));
-  if (x_bf16.bytes() < need) twin_valid = false;
-  grow(x_bf16, need, "matmul input (bf16)");
-  return x_bf16.as<uint16_t>();
+  if (x_bf16[which].bytes() < need && which == twin_buf) twin_valid = false;
+  grow(x_bf16[which], need, "matmul input (bf16)");
+  return x_bf16[which].as<uint16_t>();
 }
 
 void CudaOps::Impl::prof_collect() {
@@ -588,6 +618,8 @@ CudaOps::CudaOps(int device, bool deterministic) : impl_(std::make_unique<Impl>(
     // Programmatic dependent launch of the GEMMs (process-wide; for timing comparisons).
     const char* pdl = std::getenv("DETINFER_PDL");
     if (pdl && std::string(pdl) == "0") cuda::set_gemm_pdl(false);
+    const char* fs = std::getenv("DETINFER_FUSE_SWIGLU");
+    impl_->fuse_swiglu = !(fs && std::string(fs) == "0");
   }
   {
     cudaDeviceProp p{};
@@ -969,7 +1001,7 @@ void CudaOps::Impl::gemm(const float* x, int64_t M, const cuda::GemmWeight& g, c
   const float one = 1.0f, zero = 0.0f;
   const cublasStatus_t st = cublasGemmEx(
       blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.N), static_cast<int>(M), static_cast<int>(g.K), &one,
-      g.w, CUDA_R_16BF, static_cast<int>(g.Kp), x_bf16.as<void>(), CUDA_R_16BF, static_cast<int>(ld), &zero, y,
+      g.w, CUDA_R_16BF, static_cast<int>(g.Kp), twin_data(), CUDA_R_16BF, static_cast<int>(ld), &zero, y,
       CUDA_R_32F, static_cast<int>(g.N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   DETINFER_CHECK(st == CUBLAS_STATUS_SUCCESS, "cuBLAS GEMM (", M, "x", g.N, "x", g.K, ") failed: status ",
                  static_cast<int>(st));
@@ -984,7 +1016,7 @@ void CudaOps::Impl::gemm_parts(const float* x, int64_t M, const cuda::GemmWeight
   const int64_t ld = round_input(x, M, g.K);
   for (int i = 0; i < out.n; ++i)
     if (out.y[i] == twin_src) forget_twin();  // (never in the model: a GEMM writes a new buffer)
-  cuda::gemm_wgmma_parts(x_bf16.as<uint16_t>(), ld, M, g, b, out, stream);
+  cuda::gemm_wgmma_parts(twin_data(), ld, M, g, b, out, stream);
 }
 
 void CudaOps::matmul(const float* x, int64_t M, const TensorView& w, const TensorView* bias,
@@ -1144,6 +1176,36 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
   cuda::attention_paged(a, s.attn_plan, s.meta(s.layout.attn), s.attn_workspace.as<float>(),
                         s.stream);
   if (s.twins) s.set_twin(out, s.T, Q);
+}
+
+void CudaOps::matmul_swiglu(const float* x, int64_t M, const TensorView& w_gate,
+                            const TensorView& w_up, float* gate, float* up, float* out) {
+  Impl& s = *impl_;
+  if (!s.gemm_writes_parts() || !s.fuse_swiglu)
+    return Ops::matmul_swiglu(x, M, w_gate, w_up, gate, up, out);
+  s.set_device();
+  s.flush_rope();
+  const TensorView* ws[2] = {&w_gate, &w_up};
+  const TensorView* bs[2] = {nullptr, nullptr};
+  const Impl::Stack& st = s.stack(2, ws, bs, /*gate_up=*/true);
+  if (M <= 0) return;
+  const int64_t F = w_gate.rows(), K = st.view.K;
+  // The down projection reads out's bf16 copy; it goes to the second buffer while the GEMM
+  // reads its input from the first.
+  const bool twin = s.twins && F == s.config.d_ff;
+  uint16_t* tw = twin ? s.bf16_input(M, F, 1) : nullptr;
+  if (s.twin_buf == 1) s.forget_twin();  // x's copy must be in x_bf16[0]
+  cuda::GemmParts o;
+  o.n = 1, o.y[0] = out, o.col0[1] = st.view.N;
+  o.swiglu = cuda::GemmSwiglu{out, tw, F, Impl::twin_ld(F)};
+  DETINFER_PROFILE_OP(s, shape_key("matmul+swiglu", 2 * F, K, M),
+                      2.0 * st.view.N * K + 2.0 * M * K + (twin ? 6.0 : 4.0) * M * F,
+                      4.0 * M * F * K);
+  const int64_t ld = s.round_input(x, M, K);
+  if (out == s.twin_src) s.forget_twin();  // (never in the model: out is a new buffer)
+  cuda::gemm_wgmma_parts(s.twin_data(), ld, M, st.view, nullptr, o, s.stream);
+  if (twin) s.set_twin(out, M, F, 1);
+  else s.forget_twin();
 }
 
 void CudaOps::swiglu(const float* gate, const float* up, int64_t n, float* out) {

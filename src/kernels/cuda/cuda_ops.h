@@ -65,6 +65,10 @@ class CudaOps final : public Ops {
   void rope(float* x, int n_heads) override;
   void attention(int layer, const float* q, const float* k, const float* v, float* out) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
+  // On Hopper (deterministic): one GEMM over gate and up interleaved in blocks of 8 rows, SwiGLU
+  // in its epilogue (gate and up are not written); elsewhere matmul_n then swiglu. Same bits.
+  void matmul_swiglu(const float* x, int64_t M, const TensorView& w_gate, const TensorView& w_up,
+                     float* gate, float* up, float* out) override;
   void add(float* y, const float* x, int64_t n) override;
   void add_rmsnorm(float* x, const float* r, int64_t rows, int64_t D, const TensorView& w,
                    float eps, float* y) override;

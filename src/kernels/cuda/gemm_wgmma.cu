@@ -22,13 +22,16 @@
 // result per element, shorter latency per K step.
 //
 // Programmatic dependent launch: both kernels may start while the kernel before them runs (a
-// norm, SwiGLU, attention: latency-bound at decode, the memory idle). The producer loads the
-// weight tiles of its first stages, which nothing before it writes, then waits for that kernel
-// (pdl_wait) before it loads any activation; nothing is written before the activations arrive.
-// Only the time of the loads moves, not a value.
+// norm, attention, the gate/up GEMM: latency-bound at decode, the memory idle). The producer
+// loads the weight tiles of its first stages, which nothing before it writes, then waits for that
+// kernel (pdl_wait) before it loads any activation; nothing is written before the activations
+// arrive. Only the time of the loads moves, not a value.
 //
 // Outputs in parts (GemmParts): the stacked q/k/v or gate/up weights run as one GEMM whose
 // columns go straight to each part's buffer, so no split pass follows. Addresses only.
+// SwiGLU in the epilogue (GemmSwiglu): gate and up interleaved in blocks of 8 rows, so the
+// thread that holds gate row f of a token also holds its up row and writes swiglu(g, u) and its
+// bf16 rounding (the down projection's input); the GEMM's bits, then cuda::swiglu's.
 #include <cuda.h>
 #include <cuda_bf16.h>
 
@@ -36,6 +39,7 @@
 #include <atomic>
 
 #include "common/error.h"
+#include "kernels/cuda/det_math.cuh"
 #include "kernels/cuda/gemm_wgmma.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -69,6 +73,17 @@ __device__ __forceinline__ PartOut part_of(const GemmParts& p, int64_t n) {
   for (int j = 1; j < kMaxSplit; ++j)
     if (j < p.n && n >= p.col0[j]) o = PartOut{p.y[j], p.col0[j], p.col0[j + 1] - p.col0[j]};
   return o;
+}
+
+// SwiGLU epilogue (GemmSwiglu): g and u are the accumulators of stacked rows n_gate and
+// n_gate + 8 (n_gate % 16 < 8) for token m; cuda::swiglu's formula, exp and rounding.
+__device__ __forceinline__ void store_swiglu(const GemmSwiglu& a, int64_t M, int64_t n_gate,
+                                             int64_t m, float g, float u) {
+  const int64_t f = (n_gate >> 4) * 8 + (n_gate & 7);
+  if (f >= a.F || m >= M) return;
+  const float v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, det_expf(-g))), u);
+  __stcs(&a.y[m * a.F + f], v);
+  if (a.y_bf16) a.y_bf16[m * a.ld_bf16 + f] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
 }
 
 // Persistent: CTA b computes tiles b, b + gridDim.x, ... (token tile fastest), so the producer
@@ -152,6 +167,14 @@ __global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
     // Register i holds W row 16·warp + lane/4 + 8·((i>>1)&1), token 8·(i>>2) + 2·(lane%4) + (i&1).
     const int64_t n_lo = row0 + 64 * c + 16 * warp + (lane >> 2);
     const int64_t m_lo = tok0 + 2 * (lane & 3);
+    if (out.swiglu.y) {  // registers 4q + e and 4q + 2 + e: gate and up of one element
+#pragma unroll
+      for (int q = 0; q < TN / 8; ++q)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          store_swiglu(out.swiglu, M, n_lo, m_lo + 8 * q + e, acc[4 * q + e], acc[4 * q + 2 + e]);
+      continue;
+    }
     float bias_v[2] = {0.0f, 0.0f};
     if (bias) {
       if (n_lo < N) bias_v[0] = bias[n_lo];
@@ -312,9 +335,19 @@ __global__ void __launch_bounds__(SmallCfg<TN, W>::kThreads)
     }
   }
 
+  // The next kernel (the down projection after gate/up) may start loading its weights.
+  pdl_launch_dependents();
   // acc[j][i]: W row 16·warp + lane/4 + 8·(i>>1), token 8j + 2·(lane%4) + (i&1).
   const int64_t n_lo = row0 + 16 * warp + (lane >> 2);
   const int64_t m_lo = tok0 + 2 * (lane & 3);
+  if (out.swiglu.y) {  // acc[j][e] and acc[j][2 + e]: gate and up of one element
+#pragma unroll
+    for (int j = 0; j < TN / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        store_swiglu(out.swiglu, M, n_lo, m_lo + 8 * j + e, acc[j][e], acc[j][2 + e]);
+    return;
+  }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int64_t n = n_lo + 8 * h;
@@ -429,16 +462,21 @@ int small_warps(int64_t N, int tn, int sms) {
   return tn <= 8 ? 16 : 8;
 }
 
-template <int TN>
-void launch_small_any(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
-                      const float* bias, const GemmParts& out, cudaStream_t stream) {
+int sm_count() {
   static const int sms = [] {
     int dev = 0, n = 0;
     check(cudaGetDevice(&dev), "gemm_wgmma device");
     check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "gemm_wgmma SMs");
     return n > 0 ? n : 1;
   }();
-  switch (small_warps(w.N, TN, sms)) {
+  return sms;
+}
+
+template <int TN>
+void launch_small_any(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
+                      const float* bias, const GemmParts& out, cudaStream_t stream) {
+  const int ws = small_warps(w.N, TN, sm_count());
+  switch (ws) {
     case 1: return launch_small<TN, 1>(x, ld_x, M, w, bias, out, stream);
     case 2: return launch_small<TN, 2>(x, ld_x, M, w, bias, out, stream);
     case 3: return launch_small<TN, 3>(x, ld_x, M, w, bias, out, stream);
@@ -447,7 +485,6 @@ void launch_small_any(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeig
     case 8: return launch_small<TN, 8>(x, ld_x, M, w, bias, out, stream);
     default:
       if constexpr (TN <= 8) {
-        const int ws = small_warps(w.N, TN, sms);
         if (ws == 12) return launch_small<TN, 12>(x, ld_x, M, w, bias, out, stream);
         if (ws == 14) return launch_small<TN, 14>(x, ld_x, M, w, bias, out, stream);
         return launch_small<TN, 16>(x, ld_x, M, w, bias, out, stream);
@@ -502,11 +539,17 @@ void gemm_wgmma_parts(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeig
   DETINFER_CHECK(tile_tokens == 0 || tile_tokens == 8 || tile_tokens == 32 || tile_tokens == 64 ||
                      tile_tokens == 128 || tile_tokens == 256,
                  "gemm_wgmma: no kernel with a tile of ", tile_tokens, " tokens");
-  DETINFER_CHECK(out.n >= 1 && out.n <= kMaxSplit && out.col0[0] == 0 && out.col0[out.n] == w.N,
-                 "gemm_wgmma: ", out.n, " output parts must cover the ", w.N, " columns");
-  for (int i = 0; i < out.n; ++i)
-    DETINFER_CHECK(out.y[i] && out.col0[i] < out.col0[i + 1], "gemm_wgmma: output part ", i,
-                   " is empty or has no buffer");
+  if (const GemmSwiglu& a = out.swiglu; a.y) {
+    DETINFER_CHECK(a.F > 0 && w.N == 16 * ((a.F + 7) / 8) && !bias && (!a.y_bf16 || a.ld_bf16 >= a.F),
+                   "gemm_wgmma: SwiGLU of ", a.F, " columns needs an interleaved gate/up weight of ",
+                   16 * ((a.F + 7) / 8), " rows (has ", w.N, "), no bias and a bf16 row stride >= F");
+  } else {
+    DETINFER_CHECK(out.n >= 1 && out.n <= kMaxSplit && out.col0[0] == 0 && out.col0[out.n] == w.N,
+                   "gemm_wgmma: ", out.n, " output parts must cover the ", w.N, " columns");
+    for (int i = 0; i < out.n; ++i)
+      DETINFER_CHECK(out.y[i] && out.col0[i] < out.col0[i + 1], "gemm_wgmma: output part ", i,
+                     " is empty or has no buffer");
+  }
   switch (tile_tokens ? tile_tokens : gemm_wgmma_tile_tokens(M, w)) {
     case 8: return launch_small_any<8>(x, ld_x, M, w, bias, out, stream);
     case 32: return launch_small_any<32>(x, ld_x, M, w, bias, out, stream);

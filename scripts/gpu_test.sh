@@ -121,6 +121,8 @@ step sampler-memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$T" 
 step cli-graphs-off bash -c "a=\$(DETINFER_CUDA_GRAPHS=0 '$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); b=\$('$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); echo \"graphs off \$a, on \$b\"; [ \"\$a\" = \"\$b\" ]"
 # Programmatic dependent launch of the GEMMs off and on through the CLI: the same digest.
 step cli-pdl-off bash -c "a=\$(DETINFER_PDL=0 '$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); b=\$('$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); echo \"pdl off \$a, on \$b\"; [ \"\$a\" = \"\$b\" ]"
+# SwiGLU in the gate/up GEMM's epilogue off and on through the CLI: the same digest.
+step cli-swiglu-unfused bash -c "a=\$(DETINFER_FUSE_SWIGLU=0 '$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); b=\$('$BUILD_DIR/detinfer' verify --child-digest --device cuda -m '$ROOT/tests/data/models/llama'); echo \"swiglu unfused \$a, fused \$b\"; [ \"\$a\" = \"\$b\" ]"
 # All-reduce: one process per rank over CUDA IPC (real GPUs), then NCCL at world sizes 3, 4, 8
 # with virtual ranks (several processes per GPU), then the sanitizers on the P2P kernels.
 step allreduce-mp-world2 launch_ranks 2 "$T" --gtest_filter='AllreduceMultiProcess.*'

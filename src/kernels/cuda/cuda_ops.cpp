@@ -346,7 +346,7 @@ struct CudaOps::Impl {
     b.allocate(std::max(bytes, 2 * b.bytes()), what);
   }
 
-  // gate_up: two parts of F rows interleaved in blocks of 8 (cuda::interleaved_gate_row) for the
+  // gate_up: two parts of F rows interleaved in blocks of 8 (cuda::GemmSwiglu's layout) for the
   // SwiGLU epilogue, 16·⌈F/8⌉ rows.
   DeviceBuffer upload_matrix(const std::vector<const TensorView*>& parts, cuda::GemmWeight* view,
                              bool gate_up = false);

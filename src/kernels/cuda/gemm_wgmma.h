@@ -32,8 +32,8 @@ void gemm_wgmma(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
 //
 // SwiGLU in the epilogue (swiglu.y set, n = 1, no bias): W is gate and up interleaved in blocks
 // of 8 rows (stacked rows 16j … 16j + 7 are gate rows 8j … 8j + 7, rows 16j + 8 … 16j + 15 the
-// up rows of the same indices, see interleaved_gate_row), so one thread holds gate and up of an
-// element. It writes swiglu.y[m, f] = (g / (1 + exp(−g)))·u for f < swiglu.F, with the formula
+// up rows of the same indices: an mma fragment's rows r and r + 8), so one thread holds gate
+// and up of an element. It writes swiglu.y[m, f] = (g / (1 + exp(−g)))·u for f < swiglu.F, with the formula
 // and exp of cuda::swiglu, and its bf16 rounding to swiglu.y_bf16 (rows ld_bf16 apart) when set:
 // the bits of the GEMM, then cuda::swiglu.
 struct GemmSwiglu {
@@ -48,9 +48,6 @@ struct GemmParts {
   GemmSwiglu swiglu;
 };
 
-// The stacked row of the interleaved gate/up weight that holds gate row f (up row f is 8 rows
-// further): blocks of 8, so the mma fragments give one thread both.
-inline int64_t interleaved_gate_row(int64_t f) { return (f / 8) * 16 + f % 8; }
 void gemm_wgmma_parts(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
                       const float* bias, const GemmParts& out, cudaStream_t stream,
                       int tile_tokens = 0);

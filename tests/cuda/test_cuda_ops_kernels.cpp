@@ -272,18 +272,25 @@ TEST(CudaOpsFusion, StackedMatmulEqualsSeparateMatmuls) {
   }
 }
 
-// add_rmsnorm against add then rmsnorm; and a GEMM fed by the norm's bf16 copy against the same
-// GEMM on a fresh copy of the norm's output (which rounds it itself).
-TEST(CudaOpsFusion, AddRmsnormAndItsBf16CopyGiveTheSeparateBits) {
-  CUDA_OPS_REQUIRE_GPU();
+// A one-layer model shape (d_model 576, d_ff as given) set on ops: the fused ops write their bf16
+// copies only for the model's d_model and d_ff rows.
+ModelConfig init_one_layer(CudaOps& ops, int64_t d_ff) {
   ModelConfig c;
-  c.n_layers = 1, c.d_model = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.d_ff = 1536;
+  c.n_layers = 1, c.d_model = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.d_ff = d_ff;
   c.vocab_size = 100, c.max_context = 256;
   c.rope.rotary_dim = 64;
   KvCacheShape kv;
   kv.n_layers = 1, kv.num_blocks = 4, kv.block_size = 16, kv.n_kv_heads = 3, kv.head_dim = 64;
-  CudaOps ops(0);
   ops.init(c, kv);
+  return c;
+}
+
+// add_rmsnorm against add then rmsnorm; and a GEMM fed by the norm's bf16 copy against the same
+// GEMM on a fresh copy of the norm's output (which rounds it itself).
+TEST(CudaOpsFusion, AddRmsnormAndItsBf16CopyGiveTheSeparateBits) {
+  CUDA_OPS_REQUIRE_GPU();
+  CudaOps ops(0);
+  const ModelConfig c = init_one_layer(ops, 1536);
   const int64_t D = c.d_model;
   auto norm = make_vector(random_normal(D, 3, 0.2f), "norm");
   auto w = make_tensor(DType::BF16, 700, D, 5);
@@ -315,14 +322,8 @@ TEST(CudaOpsFusion, AddRmsnormAndItsBf16CopyGiveTheSeparateBits) {
 TEST(CudaOpsFusion, SwigluInTheGateUpEpilogueGivesTheSeparateBits) {
   CUDA_OPS_REQUIRE_GPU();
   for (int64_t F : {1536, 100}) {
-    ModelConfig c;
-    c.n_layers = 1, c.d_model = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.d_ff = F;
-    c.vocab_size = 100, c.max_context = 256;
-    c.rope.rotary_dim = 64;
-    KvCacheShape kv;
-    kv.n_layers = 1, kv.num_blocks = 4, kv.block_size = 16, kv.n_kv_heads = 3, kv.head_dim = 64;
     CudaOps ops(0);
-    ops.init(c, kv);
+    const ModelConfig c = init_one_layer(ops, F);
     const int64_t D = c.d_model;
     auto norm = make_vector(random_normal(D, 31, 0.2f), "norm");
     auto wg = make_tensor(DType::BF16, F, D, 32, 0.05f, "gate");

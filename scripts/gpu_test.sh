@@ -15,7 +15,7 @@ LOG_DIR="${LOG_DIR:-$BUILD_DIR/gpu-logs}"
 CMAKE="${CMAKE:-cmake}"
 JOBS="${JOBS:-$(nproc)}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-600}"
-TARGETS="${TARGETS:-test_cuda bench_allreduce bench_attention bench_sampler detinfer}"
+TARGETS="${TARGETS:-test_cuda bench_allreduce bench_attention bench_gemm bench_sampler detinfer}"
 # Extra configure arguments, e.g. -DGTest_DIR=... where GoogleTest is not installed system-wide.
 CMAKE_ARGS="${CMAKE_ARGS:-}"
 # NVLink multicast (NCCL's NVLS) stays off everywhere: on shared hosts it can take the GPUs down.
@@ -110,6 +110,10 @@ step test_cuda "$T"
 step cuda-ops-memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$T" \
   --gtest_filter='*CudaOps*:-*VerifyCases*:*N49152*:*N1536*'
 step cli-verify-cuda "$BUILD_DIR/detinfer" verify --device cuda --quick -m "$ROOT/tests/data/models/llama"
+# The GEMMs' mbarrier pipelines (both kernels, one and four K tiles per stage): racecheck and
+# synccheck on bench_gemm's sanitizer shapes, whose checks must pass too.
+step gemm-racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$BUILD_DIR/bench/bench_gemm" --sanitize
+step gemm-synccheck compute-sanitizer --tool synccheck --error-exitcode 3 "$BUILD_DIR/bench/bench_gemm" --sanitize
 # Attention and the sampler: sanitizers on their kernel tests (the tests themselves ran above).
 step attention-racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$T" \
   --gtest_filter='*AttentionKernel.MatchesFp64*'

@@ -185,7 +185,9 @@ int main(int argc, char** argv) {
       }
     }
     if (sanitize) {
-      shapes = {{1000, 4000}, {8000, 544}};  // the second one runs the 128 x 256 tiles
+      // {8000, 544} runs the 128 x 256 tiles; {512, 4096} the small-M kernel's 4-K-tile stages
+      // through its ring of stages more than once.
+      shapes = {{1000, 4000}, {8000, 544}, {512, 4096}};
       Ms = {1, 8, 64, 300};
       Mbig = 300;
       reps = 1;

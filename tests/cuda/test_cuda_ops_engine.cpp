@@ -190,15 +190,15 @@ TEST_P(CudaOpsEngine, GraphsOnAndOffGiveTheSameBits) {
   expect_same_bits(off, on);
 }
 
-// Programmatic dependent launch (a GEMM starts loading its weights while the kernel before it
-// runs, gemm_wgmma.cu) on and off: the same bits. A GEMM that read its activations before the
-// kernel that writes them finished would show here.
+// Programmatic dependent launch (a kernel starts while the one before it runs: a GEMM loads its
+// weights, a norm or attention kernel waits at its start, pdl.cuh) on and off: the same bits. A
+// kernel that read its inputs before the kernel that writes them finished would show here.
 TEST_P(CudaOpsEngine, ProgrammaticLaunchOnAndOffGiveTheSameBits) {
   CUDA_OPS_REQUIRE_GPU();
   LoadedModel m = load_model(model_path(GetParam()));
-  cuda::set_gemm_pdl(false);
+  cuda::set_pdl(false);
   const auto off = run_engine(m, [](CudaOps&) {});
-  cuda::set_gemm_pdl(true);
+  cuda::set_pdl(true);
   const auto on = run_engine(m, [](CudaOps&) {});
   expect_same_bits(off, on);
 }

@@ -193,7 +193,7 @@ TEST_P(CudaOpsGemmT1, MSweepIsBitwiseInvariant) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaOpsGemmT1,
                          ::testing::Values(SweepShape{576, 1536}, SweepShape{1536, 576},
-                                           SweepShape{49152, 576}),
+                                           SweepShape{49152, 576}, SweepShape{1024, 4096}),
                          [](const auto& info) {
                            return "N" + std::to_string(info.param.N) + "_K" + std::to_string(info.param.K);
                          });

@@ -237,6 +237,7 @@ template <int HDP, int NW, int NB, bool SH>
 __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 3 ? 4 : NB == 3 || SH ? 3 : 1) : 1)
     attn_tc_kernel(const Params p, const int32_t* __restrict__ items) {
   pdl_launch_dependents();
+  pdl_wait();
   using Shape = TcShape<HDP, NW, NB, SH>;
   constexpr int LD = Shape::LD, NT = NW * 32, NC = HDP / 16, ND = HDP / 8;
   // P·V: pairs of 8-wide column tiles per warp (PW); SH: this warp's first pair dp0. The
@@ -794,6 +795,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
 constexpr int kMergeWarps = 4;
 __global__ void __launch_bounds__(32 * kMergeWarps) attn_merge_kernel(const Params p, const int32_t* __restrict__ recs, int n) {
   pdl_launch_dependents();
+  pdl_wait();
   const int w = blockIdx.x * kMergeWarps + (threadIdx.x >> 5);
   if (w >= n) return;
   const int lane = threadIdx.x & 31;
@@ -847,6 +849,7 @@ __device__ __forceinline__ float bf16_bits(uint16_t b) { return __uint_as_float(
 template <int PER>
 __global__ void __launch_bounds__(32 * kSimpleWarps) attn_simple_kernel(const Params p, int64_t n_rows) {
   pdl_launch_dependents();
+  pdl_wait();
   const int64_t task = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + (threadIdx.x >> 5);
   if (task >= n_rows) return;
   const int lane = threadIdx.x & 31;
@@ -954,8 +957,8 @@ void launch_tc(const Params& p, const int32_t* items, int n, cudaStream_t stream
           "attention smem opt-in");
     configured.fetch_or(bit);
   }
-  attn_tc_kernel<HDP, NW, NB, SH><<<static_cast<unsigned>(n), NW * 32, smem, stream>>>(p, items);
-  check(cudaGetLastError(), "attention launch");
+  launch_pdl(attn_tc_kernel<HDP, NW, NB, SH>, dim3(static_cast<unsigned>(n)), dim3(NW * 32), smem, stream,
+             "attention launch", p, items);
 }
 
 int sm_count() {
@@ -1120,9 +1123,8 @@ void attention_paged(const PagedAttentionArgs& a, const AttentionPlan& plan, con
     const int64_t blocks = (plan.n_simple + kSimpleWarps - 1) / kSimpleWarps;
     DETINFER_CHECK(blocks < (int64_t{1} << 31), "attention: too many rows");
     const unsigned b = static_cast<unsigned>(blocks);
-    if (hd <= 384) attn_simple_kernel<12><<<b, 32 * kSimpleWarps, 0, stream>>>(p, plan.n_simple);
-    else attn_simple_kernel<16><<<b, 32 * kSimpleWarps, 0, stream>>>(p, plan.n_simple);
-    check(cudaGetLastError(), "attention (warp kernel) launch");
+    launch_pdl(hd <= 384 ? attn_simple_kernel<12> : attn_simple_kernel<16>, dim3(b), dim3(32 * kSimpleWarps), 0,
+               stream, "attention (warp kernel) launch", p, plan.n_simple);
     return;
   }
   if (hd <= 32) launch_both<32>(p, plan, work, stream);
@@ -1133,9 +1135,8 @@ void attention_paged(const PagedAttentionArgs& a, const AttentionPlan& plan, con
   else launch_both<256>(p, plan, work, stream);
   if (plan.n_merge > 0) {
     const unsigned b = static_cast<unsigned>((plan.n_merge + kMergeWarps - 1) / kMergeWarps);
-    attn_merge_kernel<<<b, 32 * kMergeWarps, 0, stream>>>(
-        p, work + static_cast<int64_t>(plan.n_small + plan.n_large) * kAttnRecordInts, plan.n_merge);
-    check(cudaGetLastError(), "attention merge launch");
+    launch_pdl(attn_merge_kernel, dim3(b), dim3(32 * kMergeWarps), 0, stream, "attention merge launch", p,
+               work + static_cast<int64_t>(plan.n_small + plan.n_large) * kAttnRecordInts, plan.n_merge);
   }
 }
 

@@ -615,9 +615,9 @@ CudaOps::CudaOps(int device, bool deterministic) : impl_(std::make_unique<Impl>(
     impl_->graphs = !impl_->profile && !(g && std::string(g) == "0");
     const char* gs = std::getenv("DETINFER_GPU_SAMPLING");
     impl_->device_sampling = !(gs && std::string(gs) == "0");
-    // Programmatic dependent launch of the GEMMs (process-wide; for timing comparisons).
+    // Programmatic dependent launch (process-wide; for timing comparisons).
     const char* pdl = std::getenv("DETINFER_PDL");
-    if (pdl && std::string(pdl) == "0") cuda::set_gemm_pdl(false);
+    if (pdl && std::string(pdl) == "0") cuda::set_pdl(false);
     const char* fs = std::getenv("DETINFER_FUSE_SWIGLU");
     impl_->fuse_swiglu = !(fs && std::string(fs) == "0");
   }

@@ -36,7 +36,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <atomic>
+#include <cstdlib>
+#include <string>
 
 #include "common/error.h"
 #include "kernels/cuda/det_math.cuh"
@@ -203,12 +204,20 @@ __global__ void __launch_bounds__(Cfg<TN, WG, ST>::kThreads, 1)
 // of the GPU's SMs (a second, partly filled wave costs as much as a full one), with as many
 // stages (up to 16) as fit beside a decode attention CTA. Neither choice touches an element's
 // chain. (H200, 8B model, batch-1 decode: 186.5 -> 195 tok/s against 32-row CTAs in waves.)
+//
+// With few warps per SM (the 4096- and 6144-row weights: 2-3) each warp's loop sets the pace:
+// such a GEMM took as long for 6144 rows as for 4096, and in proportion to K. So a stage holds
+// KS = 4 K tiles where four such stages fit: one TMA box per operand and one barrier wait per 4
+// tiles instead of per tile, and tile j + 1's fragments load while tile j's MMAs run (H200,
+// M = 1: 4096 × 4096 12.0 -> 8.3 µs, 4096 × 14336 37.2 -> 30.8 µs). The MMAs and their order
+// are those of KS = 1. DETINFER_GEMM_KS=1 keeps one tile per stage, for timing.
 constexpr int kSmallRows = 16;                   // W rows per consumer warp
 constexpr size_t kSmallSmemBudget = 144 * 1024;  // stage buffers per CTA
-template <int TN, int W>
+// KS: K tiles per stage (one TMA box per operand and one barrier wait for all of them).
+template <int TN, int W, int KS>
 struct SmallCfg {
-  static constexpr int kWBytes = W * kSmallRows * kBK * 2, kXBytes = TN * kBK * 2;
-  static constexpr int kStageBytes = kWBytes + kXBytes;
+  static constexpr int kWBytes = W * kSmallRows * kBK * 2, kXBytes = TN * kBK * 2;  // per K tile
+  static constexpr int kStageBytes = KS * (kWBytes + kXBytes);
   static constexpr int kStages = kSmallSmemBudget / kStageBytes < 4    ? 4
                                  : kSmallSmemBudget / kStageBytes > 16 ? 16
                                                                        : int(kSmallSmemBudget / kStageBytes);
@@ -217,6 +226,10 @@ struct SmallCfg {
   static_assert(kXBytes % 1024 == 0 && kWBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
   static_assert(kSmem <= 227 * 1024, "shared memory");
 };
+// 4 K tiles per stage where 4 such stages fit the budget (TN = 8: up to 4 warps, the 4096- and
+// 6144-row weights at decode; TN = 32: up to 2), else 1.
+template <int TN, int W>
+constexpr int small_ks() { return 4 * 4 * (SmallCfg<TN, W, 1>::kStageBytes) <= kSmallSmemBudget ? 4 : 1; }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -234,12 +247,12 @@ __device__ __forceinline__ void mma_bf16(float* d, const uint32_t* a, const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-template <int TN, int W>
-__global__ void __launch_bounds__(SmallCfg<TN, W>::kThreads)
+template <int TN, int W, int KS>
+__global__ void __launch_bounds__(SmallCfg<TN, W, KS>::kThreads)
     gemm_small_kernel(const __grid_constant__ CUtensorMap tm_w,
                       const __grid_constant__ CUtensorMap tm_x, int64_t M, int64_t N, int k_tiles,
                       const float* __restrict__ bias, const GemmParts out) {
-  using C = SmallCfg<TN, W>;
+  using C = SmallCfg<TN, W, KS>;
   constexpr int ST = C::kStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -248,6 +261,7 @@ __global__ void __launch_bounds__(SmallCfg<TN, W>::kThreads)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int tok0 = blockIdx.x * TN;
   const int row0 = blockIdx.y * W * kSmallRows;
+  const int n_stages = k_tiles / KS;  // the launcher picks KS > 1 only where it divides
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < ST; ++s) {
@@ -258,24 +272,30 @@ __global__ void __launch_bounds__(SmallCfg<TN, W>::kThreads)
   }
   __syncthreads();
 
+  // A stage: KS W tiles, then KS token tiles, each as make_map's box would land. KS > 1 loads
+  // each operand's KS tiles as one box of make_map_ktiles' [K tile][row][64] view.
   if (warp == W) {  // producer
     if (lane == 0) {
       tma_prefetch_map(&tm_w);
       tma_prefetch_map(&tm_x);
-      auto w_load = [&](int kt) {
-        const int s = kt % ST;
-        if (kt >= ST) mbar_wait(&empty[s], ((kt / ST) - 1) & 1);
+      auto w_load = [&](int st) {
+        const int s = st % ST;
+        if (st >= ST) mbar_wait(&empty[s], ((st / ST) - 1) & 1);
         mbar_arrive_expect_tx(&full[s], C::kStageBytes);
-        tma_load_2d(base + s * C::kStageBytes, &tm_w, kt * kBK, row0, &full[s]);
+        if constexpr (KS == 1) tma_load_2d(base + s * C::kStageBytes, &tm_w, st * kBK, row0, &full[s]);
+        else tma_load_3d(base + s * C::kStageBytes, &tm_w, 0, row0, st * KS, &full[s]);
       };
-      auto x_load = [&](int kt) {
-        tma_load_2d(base + (kt % ST) * C::kStageBytes + C::kWBytes, &tm_x, kt * kBK, tok0, &full[kt % ST]);
+      auto x_load = [&](int st) {
+        const int s = st % ST;
+        uint8_t* dst = base + s * C::kStageBytes + KS * C::kWBytes;
+        if constexpr (KS == 1) tma_load_2d(dst, &tm_x, st * kBK, tok0, &full[s]);
+        else tma_load_3d(dst, &tm_x, 0, tok0, st * KS, &full[s]);
       };
-      const int pre = k_tiles < ST ? k_tiles : ST;
-      for (int kt = 0; kt < pre; ++kt) w_load(kt);  // weights: written by no earlier kernel
+      const int pre = n_stages < ST ? n_stages : ST;
+      for (int st = 0; st < pre; ++st) w_load(st);  // weights: written by no earlier kernel
       pdl_wait();
-      for (int kt = 0; kt < pre; ++kt) x_load(kt);
-      for (int kt = pre; kt < k_tiles; ++kt) w_load(kt), x_load(kt);
+      for (int st = 0; st < pre; ++st) x_load(st);
+      for (int st = pre; st < n_stages; ++st) w_load(st), x_load(st);
     }
     return;
   }
@@ -299,10 +319,9 @@ __global__ void __launch_bounds__(SmallCfg<TN, W>::kThreads)
   int s_next = 0;
   uint32_t parity = 0;
   const uint32_t stage0 = smem_addr(base);
-  // Waits for the next stage, moves this warp's fragments into registers, hands the stage back.
-  auto load = [&](Frags& f) {
-    mbar_wait(&full[s_next], parity);
-    const uint32_t wt = stage0 + s_next * C::kStageBytes, xt = wt + C::kWBytes;
+  // This warp's fragments of K tile `sub` of the stage at `st_addr`.
+  auto ldm = [&](Frags& f, uint32_t st_addr, int sub) {
+    const uint32_t wt = st_addr + sub * C::kWBytes, xt = st_addr + KS * C::kWBytes + sub * C::kXBytes;
 #pragma unroll
     for (int k = 0; k < kBK / 16; ++k)
       ldmatrix_x4(f.a[k], wt + a_row * 128 + (((2 * k + a_chunk) ^ (a_row & 7)) << 4));
@@ -311,27 +330,53 @@ __global__ void __launch_bounds__(SmallCfg<TN, W>::kThreads)
 #pragma unroll
       for (int p = 0; p < kBK / 32; ++p)
         ldmatrix_x4(f.b[j][p], xt + (8 * j + b_row) * 128 + (((4 * p + b_chunk) ^ b_row) << 4));
+  };
+  // Waits for the next stage; returns its address.
+  auto wait_stage = [&]() {
+    mbar_wait(&full[s_next], parity);
+    return stage0 + s_next * C::kStageBytes;
+  };
+  // Hands the stage back once this warp's fragments of it are in registers.
+  auto release = [&]() {
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s_next]);
     if (++s_next == ST) s_next = 0, parity ^= 1u;
   };
-  // The K steps of one stage, in increasing K for every accumulator.
-  auto mma_stage = [&](const Frags& f) {
+  // The K steps of one K tile, in increasing K for every accumulator.
+  auto mma_tile = [&](const Frags& f) {
 #pragma unroll
     for (int k = 0; k < kBK / 16; ++k)
 #pragma unroll
       for (int j = 0; j < TN / 8; ++j) mma_bf16(acc[j], f.a[k], &f.b[j][k >> 1][2 * (k & 1)]);
   };
-  // Software pipeline over stages: the next stage's fragments load while this one's MMAs run,
-  // so the chain of dependent MMAs is the critical path.
-  Frags f0, f1;
-  load(f0);
-  for (int kt = 0; kt < k_tiles; kt += 2) {
-    if (kt + 1 < k_tiles) load(f1);
-    mma_stage(f0);
-    if (kt + 1 < k_tiles) {
-      if (kt + 2 < k_tiles) load(f0);
-      mma_stage(f1);
+  // Software pipeline over K tiles: the next tile's fragments load while this one's MMAs run.
+  Frags f[2];
+  if constexpr (KS == 1) {
+    ldm(f[0], wait_stage(), 0);
+    release();
+    for (int kt = 0; kt < k_tiles; kt += 2) {
+      if (kt + 1 < k_tiles) ldm(f[1], wait_stage(), 0), release();
+      mma_tile(f[0]);
+      if (kt + 1 < k_tiles) {
+        if (kt + 2 < k_tiles) ldm(f[0], wait_stage(), 0), release();
+        mma_tile(f[1]);
+      }
+    }
+  } else {  // one wait per stage; tile j + 1 of a stage loads during tile j's MMAs
+    static_assert(KS % 2 == 0, "the fragment buffers alternate within a stage");
+    uint32_t cur = wait_stage();
+    ldm(f[0], cur, 0);
+    for (int st = 0; st < n_stages; ++st) {
+#pragma unroll
+      for (int j = 0; j < KS; ++j) {
+        if (j + 1 < KS) {
+          ldm(f[(j + 1) & 1], cur, j + 1);
+        } else {
+          release();
+          if (st + 1 < n_stages) cur = wait_stage(), ldm(f[0], cur, 0);
+        }
+        mma_tile(f[j & 1]);
+      }
     }
   }
 
@@ -368,6 +413,7 @@ __global__ void __launch_bounds__(SmallCfg<TN, W>::kThreads)
 __global__ void round_rows_kernel(const float* __restrict__ x, int64_t M, int64_t K, int64_t ld,
                                   uint16_t* __restrict__ out) {
   pdl_launch_dependents();  // the GEMM that reads this may start loading its weights
+  pdl_wait();
   const int64_t total = M * ld;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -394,22 +440,22 @@ CUtensorMap make_map(const uint16_t* p, int64_t inner, int64_t rows, int64_t str
   return map;
 }
 
-std::atomic<bool> g_pdl{true};
-
-// Launches with programmatic dependent launch (when on): see the top of this file.
-template <typename Kernel, typename... Args>
-void launch_pdl(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream, Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = g_pdl.load(std::memory_order_relaxed) ? 1 : 0;
-  check(cudaLaunchKernelEx(&cfg, kernel, args...), "gemm_wgmma launch");
+// The same rows viewed as [K tile][row][64 columns] (dims 64, rows, inner / 64; inner a multiple
+// of 64): a box of box_rows rows × ks K tiles lands as ks make_map boxes one after another.
+CUtensorMap make_map_ktiles(const uint16_t* p, int64_t inner, int64_t rows, int64_t stride, int box_rows,
+                            int ks, const char* what) {
+  CUtensorMap map;
+  const cuuint64_t dims[3] = {kBK, static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(inner / kBK)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(stride) * 2, kBK * 2};
+  const cuuint32_t box[3] = {kBK, static_cast<cuuint32_t>(box_rows), static_cast<cuuint32_t>(ks)};
+  const cuuint32_t elem[3] = {1, 1, 1};
+  const CUresult r = cuTensorMapEncodeTiled(
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<uint16_t*>(p), dims, strides, box,
+      elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DETINFER_CHECK(r == CUDA_SUCCESS, "gemm_wgmma: cannot describe ", what, " in K tiles for TMA (CUresult ",
+                 static_cast<int>(r), ")");
+  return map;
 }
 
 template <int TN, int WG, int ST>
@@ -431,24 +477,44 @@ void launch(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, con
   DETINFER_CHECK(tiles < (int64_t{1} << 31), "gemm_wgmma: ", tiles, " tiles is too many");
   const int grid = static_cast<int>(std::min<int64_t>(tiles, int64_t{std::max(per_sm, 1)} * sms));
   const int k_tiles = static_cast<int>((w.Kp + kBK - 1) / kBK);
-  launch_pdl(kernel, dim3(static_cast<unsigned>(grid)), C::kThreads, C::kSmem, stream, tm_w, tm_x, M,
-             w.N, k_tiles, static_cast<int>(tok_tiles), static_cast<int>(tiles), bias, out);
+  launch_pdl(kernel, dim3(static_cast<unsigned>(grid)), dim3(C::kThreads), C::kSmem, stream, "gemm_wgmma launch",
+             tm_w, tm_x, M, w.N, k_tiles, static_cast<int>(tok_tiles), static_cast<int>(tiles), bias, out);
 }
 
-template <int TN, int W>
-void launch_small(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
-                  const float* bias, const GemmParts& out, cudaStream_t stream) {
-  using C = SmallCfg<TN, W>;
-  const CUtensorMap tm_w = make_map(w.w, w.Kp, w.Np, w.Kp, W * kSmallRows, "the weight");
-  const CUtensorMap tm_x = make_map(x, w.K, M, ld_x, TN, "the activations");
-  auto kernel = gemm_small_kernel<TN, W>;
+template <int TN, int W, int KS>
+void launch_small_ks(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
+                     const float* bias, const GemmParts& out, cudaStream_t stream) {
+  using C = SmallCfg<TN, W, KS>;
+  const CUtensorMap tm_w = KS == 1 ? make_map(w.w, w.Kp, w.Np, w.Kp, W * kSmallRows, "the weight")
+                                   : make_map_ktiles(w.w, w.Kp, w.Np, w.Kp, W * kSmallRows, KS, "the weight");
+  const CUtensorMap tm_x = KS == 1 ? make_map(x, w.K, M, ld_x, TN, "the activations")
+                                   : make_map_ktiles(x, w.K, M, ld_x, TN, KS, "the activations");
+  auto kernel = gemm_small_kernel<TN, W, KS>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(C::kSmem)),
         "gemm_wgmma shared memory");
   const int64_t units = (w.N + kSmallRows - 1) / kSmallRows;
   const dim3 grid(static_cast<unsigned>((M + TN - 1) / TN), static_cast<unsigned>((units + W - 1) / W));
   const int k_tiles = static_cast<int>((w.Kp + kBK - 1) / kBK);
-  launch_pdl(kernel, grid, C::kThreads, C::kSmem, stream, tm_w, tm_x, M, w.N, k_tiles, bias, out);
+  launch_pdl(kernel, grid, dim3(C::kThreads), C::kSmem, stream, "gemm_wgmma launch", tm_w, tm_x, M, w.N,
+             k_tiles, bias, out);
+}
+
+// Several K tiles per stage need whole 64-column tiles with nothing past K (the [K tile][row][64]
+// view has no edge at K): K = Kp, a multiple of 64·KS.
+template <int TN, int W>
+void launch_small(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
+                  const float* bias, const GemmParts& out, cudaStream_t stream) {
+  constexpr int ks = small_ks<TN, W>();
+  if constexpr (ks > 1) {
+    static const bool enabled = [] {
+      const char* e = std::getenv("DETINFER_GEMM_KS");
+      return !(e && std::string(e) == "1");
+    }();
+    if (enabled && w.K == w.Kp && w.Kp % (kBK * ks) == 0)
+      return launch_small_ks<TN, W, ks>(x, ld_x, M, w, bias, out, stream);
+  }
+  launch_small_ks<TN, W, 1>(x, ld_x, M, w, bias, out, stream);
 }
 
 // Warps per CTA of the small-M kernel for N rows of W on `sms` SMs: the fewest (of those built)
@@ -514,8 +580,8 @@ void round_rows_to_bf16(const float* x, int64_t M, int64_t K, int64_t ld_out, ui
   DETINFER_CHECK(K >= 0 && ld_out >= K, "round_rows_to_bf16: ld_out ", ld_out, " < K ", K);
   const int64_t total = M * ld_out;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65536));
-  round_rows_kernel<<<blocks, 256, 0, stream>>>(x, M, K, ld_out, out);
-  check(cudaGetLastError(), "round_rows_to_bf16 launch");
+  launch_pdl(round_rows_kernel, dim3(blocks), dim3(256), 0, stream, "round_rows_to_bf16 launch", x, M, K,
+             ld_out, out);
 }
 
 void gemm_wgmma(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w, const float* bias,
@@ -558,7 +624,5 @@ void gemm_wgmma_parts(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeig
     default: return launch<256, 2, 4>(x, ld_x, M, w, bias, out, stream);
   }
 }
-
-void set_gemm_pdl(bool enabled) { g_pdl.store(enabled); }
 
 }  // namespace detinfer::cuda

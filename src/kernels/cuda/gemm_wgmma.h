@@ -52,10 +52,6 @@ void gemm_wgmma_parts(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeig
                       const float* bias, const GemmParts& out, cudaStream_t stream,
                       int tile_tokens = 0);
 
-// Programmatic dependent launch of the GEMM kernels (gemm_wgmma.cu), on by default; off for
-// timing comparisons. Results are the same either way.
-void set_gemm_pdl(bool enabled);
-
 // The tile width over tokens that gemm_wgmma picks for M.
 int gemm_wgmma_tile_tokens(int64_t M, const GemmWeight& w);
 

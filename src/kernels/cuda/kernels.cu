@@ -18,6 +18,8 @@ void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) fail("CUDA error in ", what, ": ", cudaGetErrorString(err));
 }
 
+void set_pdl(bool enabled) { pdl_enabled().store(enabled); }
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -63,6 +65,7 @@ __global__ void __launch_bounds__(kNormThreads)
     rmsnorm_kernel(float* x, const float* residual, int64_t D, const float* __restrict__ w,
                    float eps, float* y, uint16_t* twin, int64_t twin_ld) {
   pdl_launch_dependents();  // the next GEMM may start loading its weights
+  pdl_wait();
   __shared__ float warp_sums[kNormThreads / 32];
   float* xr = x + static_cast<int64_t>(blockIdx.x) * D;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * D;
@@ -173,6 +176,8 @@ __global__ void rope_kv_write_kernel(float* q, float* k, const float* __restrict
                                      const int32_t* __restrict__ pos, const float* __restrict__ cos_tab,
                                      const float* __restrict__ sin_tab, uint16_t* k_cache,
                                      uint16_t* v_cache, const int32_t* __restrict__ slots) {
+  pdl_launch_dependents();  // attention may start
+  pdl_wait();
   const int half = head_dim / 2, rest = head_dim - half;
   const int64_t per_tok = static_cast<int64_t>(n_heads) * half + static_cast<int64_t>(n_kv_heads) * rest;
   const int64_t n = T * per_tok, row = static_cast<int64_t>(n_kv_heads) * head_dim;
@@ -218,6 +223,7 @@ __global__ void rope_kv_write_kernel(float* q, float* k, const float* __restrict
 __global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out,
                               uint16_t* twin, int64_t cols, int64_t twin_ld) {
   pdl_launch_dependents();  // the down projection may start loading its weights
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = gate[i];
@@ -429,12 +435,14 @@ void rmsnorm(float* x, const float* residual, int64_t rows, int64_t D, const flo
   DETINFER_CHECK(!twin || twin_ld >= D, "rmsnorm: bf16 copy rows of ", twin_ld, " < D ", D);
   const unsigned grid = static_cast<unsigned>(rows);
   if (D <= kNormThreads * 16)
-    rmsnorm_kernel<16><<<grid, kNormThreads, 0, stream>>>(x, residual, D, w, eps, y, twin, twin_ld);
+    launch_pdl(rmsnorm_kernel<16>, dim3(grid), dim3(kNormThreads), 0, stream, "rmsnorm launch", x, residual,
+               D, w, eps, y, twin, twin_ld);
   else if (D <= kNormThreads * 32)
-    rmsnorm_kernel<32><<<grid, kNormThreads, 0, stream>>>(x, residual, D, w, eps, y, twin, twin_ld);
+    launch_pdl(rmsnorm_kernel<32>, dim3(grid), dim3(kNormThreads), 0, stream, "rmsnorm launch", x, residual,
+               D, w, eps, y, twin, twin_ld);
   else
-    rmsnorm_kernel<0><<<grid, kNormThreads, 0, stream>>>(x, residual, D, w, eps, y, twin, twin_ld);
-  check(cudaGetLastError(), "rmsnorm launch");
+    launch_pdl(rmsnorm_kernel<0>, dim3(grid), dim3(kNormThreads), 0, stream, "rmsnorm launch", x, residual,
+               D, w, eps, y, twin, twin_ld);
 }
 
 void rope(float* x, int64_t T, int n_heads, int head_dim, const int32_t* pos, const float* cos_tab,
@@ -452,9 +460,9 @@ void rope_kv_write(float* q, float* k, const float* v, int64_t T, int n_heads, i
   const int64_t n = T * (static_cast<int64_t>(n_heads) * (head_dim / 2) +
                          static_cast<int64_t>(n_kv_heads) * (head_dim - head_dim / 2));
   if (n <= 0) return;
-  rope_kv_write_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(
-      q, k, v, T, n_heads, n_kv_heads, head_dim, pos, cos_tab, sin_tab, k_cache, v_cache, slots);
-  check(cudaGetLastError(), "rope_kv_write launch");
+  launch_pdl(rope_kv_write_kernel, dim3(elementwise_blocks(n)), dim3(kThreads), 0, stream,
+             "rope_kv_write launch", q, k, v, T, n_heads, n_kv_heads, head_dim, pos, cos_tab, sin_tab,
+             k_cache, v_cache, slots);
 }
 
 void swiglu(const float* gate, const float* up, int64_t n, float* out, uint16_t* twin,
@@ -462,9 +470,8 @@ void swiglu(const float* gate, const float* up, int64_t n, float* out, uint16_t*
   if (n <= 0) return;
   DETINFER_CHECK(!twin || (cols > 0 && n % cols == 0 && twin_ld >= cols),
                  "swiglu: bf16 copy of rows of ", cols, " (", twin_ld, " apart) for ", n, " values");
-  swiglu_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(gate, up, n, out, twin, cols,
-                                                                twin_ld);
-  check(cudaGetLastError(), "swiglu launch");
+  launch_pdl(swiglu_kernel, dim3(elementwise_blocks(n)), dim3(kThreads), 0, stream, "swiglu launch", gate,
+             up, n, out, twin, cols, twin_ld);
 }
 
 void add(float* y, const float* x, int64_t n, cudaStream_t stream) {

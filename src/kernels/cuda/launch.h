@@ -14,6 +14,11 @@ namespace detinfer::cuda {
 // Throws Error naming `what` if err is not cudaSuccess.
 void check(cudaError_t err, const char* what);
 
+// Programmatic dependent launch (pdl.cuh) of the GEMMs and of the norm, RoPE and attention
+// kernels between them: on by default, process-wide; off for timing comparisons. Results are
+// the same either way.
+void set_pdl(bool enabled);
+
 // ---- GEMM ----------------------------------------------------------------------------------------
 // Tile shape of the one GEMM kernel. Weights are stored padded to these multiples (zeros), so
 // the kernel reads whole weight tiles without bounds checks.

@@ -3,7 +3,17 @@
 // touches anything that kernel writes or reads. pdl_wait() returns only after the preceding grid
 // has completed and its memory is visible, so results never change, only the overlap. A kernel
 // calls pdl_launch_dependents() to let the next one start early. Both are no-ops elsewhere.
+//
+// Every kernel launched through launch_pdl() calls pdl_wait() before its first access to memory
+// that an earlier kernel writes or reads. That makes the order transitive: kernel n + 2 waits
+// for n + 1, which could not finish before n had.
 #pragma once
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <utility>
+
+#include "kernels/cuda/launch.h"
 
 namespace detinfer::cuda {
 
@@ -17,6 +27,30 @@ __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+// On by default; set_pdl(false) (DETINFER_PDL=0) launches every kernel plainly, for timing.
+inline std::atomic<bool>& pdl_enabled() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute
+// (when enabled); throws Error naming `what` if the launch fails.
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                const char* what, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled().load(std::memory_order_relaxed) ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), what);
 }
 
 }  // namespace detinfer::cuda

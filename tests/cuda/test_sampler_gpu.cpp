@@ -321,6 +321,18 @@ TEST(SamplerGpu, MatchesCpuWithRowStride) {
   check_against_cpu(128256, 11, 2, 128256 + 64);
 }
 
+// Every case sampled on the GPU in one batch, each against the CPU sampler: the same answer.
+void expect_gpu_equals_cpu(const std::vector<Case>& cases, int32_t V) {
+  std::vector<const Case*> ptrs;
+  for (const Case& c : cases) ptrs.push_back(&c);
+  const std::vector<SampleRowResult> got = run_gpu(ptrs, V);
+  Sampler s;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::string diff = compare(cpu_answer(s, cases[i]), got[i]);
+    EXPECT_TRUE(diff.empty()) << cases[i].what << ": " << diff;
+  }
+}
+
 // Many seeds on one row: the draws (not only a few) agree, through every walk path.
 TEST(SamplerGpu, ManyDrawsMatchCpu) {
   REQUIRE_GPU();
@@ -340,14 +352,7 @@ TEST(SamplerGpu, ManyDrawsMatchCpu) {
       cases.push_back(std::move(c));
     }
   }
-  std::vector<const Case*> ptrs;
-  for (const Case& c : cases) ptrs.push_back(&c);
-  const std::vector<SampleRowResult> got = run_gpu(ptrs, V);
-  Sampler s;
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const std::string diff = compare(cpu_answer(s, cases[i]), got[i]);
-    EXPECT_TRUE(diff.empty()) << cases[i].what << ": " << diff;
-  }
+  expect_gpu_equals_cpu(cases, V);
 }
 
 // Long histories (penalties over thousands of prompt and generated tokens).
@@ -373,14 +378,7 @@ TEST(SamplerGpu, LongHistoryMatchesCpu) {
     c.what = "long history #" + std::to_string(i);
     cases.push_back(std::move(c));
   }
-  std::vector<const Case*> ptrs;
-  for (const Case& c : cases) ptrs.push_back(&c);
-  const std::vector<SampleRowResult> got = run_gpu(ptrs, V);
-  Sampler s;
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const std::string diff = compare(cpu_answer(s, cases[i]), got[i]);
-    EXPECT_TRUE(diff.empty()) << cases[i].what << ": " << diff;
-  }
+  expect_gpu_equals_cpu(cases, V);
 }
 
 TEST(SamplerGpu, ErrorCasesGiveStatusCodes) {

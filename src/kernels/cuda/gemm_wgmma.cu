@@ -273,7 +273,7 @@ __global__ void __launch_bounds__(SmallCfg<TN, W, KS>::kThreads)
   __syncthreads();
 
   // A stage: KS W tiles, then KS token tiles, each as make_map's box would land. KS > 1 loads
-  // each operand's KS tiles as one box of make_map_ktiles' [K tile][row][64] view.
+  // each operand's KS tiles as one box of make_map's [K tile][row][64] view.
   if (warp == W) {  // producer
     if (lane == 0) {
       tma_prefetch_map(&tm_w);
@@ -422,39 +422,25 @@ __global__ void round_rows_kernel(const float* __restrict__ x, int64_t M, int64_
   }
 }
 
-// A 2-D bf16 tensor map: `inner` columns (contiguous), `rows` rows `stride` elements apart, boxes
-// of 64 columns × box_rows rows, 128-byte swizzle, zeros outside the tensor.
+// A bf16 tensor map: `inner` columns (contiguous), `rows` rows `stride` elements apart, boxes of
+// 64 columns × box_rows rows, 128-byte swizzle, zeros outside the tensor. ks > 1: the same rows
+// viewed as [K tile][row][64 columns] (inner a multiple of 64, no edge at inner), boxes of
+// box_rows rows × ks K tiles, which land as ks of the 2-D boxes one after another.
 CUtensorMap make_map(const uint16_t* p, int64_t inner, int64_t rows, int64_t stride, int box_rows,
-                     const char* what) {
+                     const char* what, int ks = 1) {
   CUtensorMap map;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
-  const cuuint32_t box[2] = {kBK, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = cuTensorMapEncodeTiled(
-      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint16_t*>(p), dims, strides, box,
-      elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  DETINFER_CHECK(r == CUDA_SUCCESS, "gemm_wgmma: cannot describe ", what, " for TMA (CUresult ",
-                 static_cast<int>(r), ")");
-  return map;
-}
-
-// The same rows viewed as [K tile][row][64 columns] (dims 64, rows, inner / 64; inner a multiple
-// of 64): a box of box_rows rows × ks K tiles lands as ks make_map boxes one after another.
-CUtensorMap make_map_ktiles(const uint16_t* p, int64_t inner, int64_t rows, int64_t stride, int box_rows,
-                            int ks, const char* what) {
-  CUtensorMap map;
-  const cuuint64_t dims[3] = {kBK, static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(inner / kBK)};
+  const cuuint32_t rank = ks == 1 ? 2 : 3;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(ks == 1 ? inner : kBK), static_cast<cuuint64_t>(rows),
+                              static_cast<cuuint64_t>(inner / kBK)};
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(stride) * 2, kBK * 2};
   const cuuint32_t box[3] = {kBK, static_cast<cuuint32_t>(box_rows), static_cast<cuuint32_t>(ks)};
   const cuuint32_t elem[3] = {1, 1, 1};
   const CUresult r = cuTensorMapEncodeTiled(
-      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<uint16_t*>(p), dims, strides, box,
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<uint16_t*>(p), dims, strides, box,
       elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  DETINFER_CHECK(r == CUDA_SUCCESS, "gemm_wgmma: cannot describe ", what, " in K tiles for TMA (CUresult ",
-                 static_cast<int>(r), ")");
+  DETINFER_CHECK(r == CUDA_SUCCESS, "gemm_wgmma: cannot describe ", what, " for TMA (CUresult ",
+                 static_cast<int>(r), ", ", ks, " K tiles per box)");
   return map;
 }
 
@@ -485,10 +471,8 @@ template <int TN, int W, int KS>
 void launch_small_ks(const uint16_t* x, int64_t ld_x, int64_t M, const GemmWeight& w,
                      const float* bias, const GemmParts& out, cudaStream_t stream) {
   using C = SmallCfg<TN, W, KS>;
-  const CUtensorMap tm_w = KS == 1 ? make_map(w.w, w.Kp, w.Np, w.Kp, W * kSmallRows, "the weight")
-                                   : make_map_ktiles(w.w, w.Kp, w.Np, w.Kp, W * kSmallRows, KS, "the weight");
-  const CUtensorMap tm_x = KS == 1 ? make_map(x, w.K, M, ld_x, TN, "the activations")
-                                   : make_map_ktiles(x, w.K, M, ld_x, TN, KS, "the activations");
+  const CUtensorMap tm_w = make_map(w.w, w.Kp, w.Np, w.Kp, W * kSmallRows, "the weight", KS);
+  const CUtensorMap tm_x = make_map(x, w.K, M, ld_x, TN, "the activations", KS);
   auto kernel = gemm_small_kernel<TN, W, KS>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(C::kSmem)),

@@ -291,6 +291,21 @@ int main(int argc, char** argv) {
           const double gbs = kv_bytes / (ms * 1e-3) / 1e9;
           std::printf("decode B=%d ctx=%d split=%d: %.1f us, %.0f GB/s of K/V (%.0f%% of copy; CTAs %d, merge rows %d)\n",
                       B, ctx, split, ms * 1e3, gbs, 100 * gbs / copy_gbs, plan.n_small + plan.n_large, plan.n_merge);
+          if (!profile && split == kAttnDefaultSplit) {
+            // The anchor: the same plan with decode CTAs reducing one tile at a time, and its bits.
+            std::vector<float> wide_out(size_t(B) * kHeads * kHd), one_out(wide_out.size());
+            ck(cudaStreamSynchronize(st), "sync");
+            ck(cudaMemcpy(wide_out.data(), out.p, wide_out.size() * sizeof(float), cudaMemcpyDeviceToHost), "copy");
+            set_attention_tiles_in_parallel(false);
+            const double ms1 = graph_ms([&] { attention_paged(a, plan, work.p, ws.p, st); }, 20, 5, st);
+            set_attention_tiles_in_parallel(true);
+            ck(cudaStreamSynchronize(st), "sync");
+            ck(cudaMemcpy(one_out.data(), out.p, one_out.size() * sizeof(float), cudaMemcpyDeviceToHost), "copy");
+            const bool same = std::memcmp(wide_out.data(), one_out.data(), wide_out.size() * sizeof(float)) == 0;
+            if (!same) ++failures;
+            std::printf("  one tile at a time: %.1f us (x%.2f); bits %s\n", ms1 * 1e3, ms1 / ms,
+                        same ? "equal" : "DIFFER");
+          }
         }
         if (old) {
           const AttentionArgs oa = b.old_args(q.p, out.p);

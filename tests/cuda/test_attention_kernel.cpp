@@ -362,6 +362,42 @@ void expect_invariant(const Shape& sh, int32_t P) {
   }
 }
 
+// Decode CTAs of head_dim 128 reduce four tiles at a time: the same bits as one tile at a time,
+// for single tokens and for items of 2-4 tokens (rows at different positions, so tiles where only
+// some rows have keys), at the default split and at a split of four tiles (one round per split).
+void expect_tiles_in_parallel_equal(const Shape& sh, int split, int32_t P, const std::vector<int>& chunks) {
+  using AS = AttentionSchedule;
+  SplitGuard guard(split);
+  struct Case {
+    std::string what;
+    Scenario s;
+  };
+  std::vector<Case> cases = {{"decode", decode(P, 16, 51, AS::kAuto)},
+                             {"decode, splits merged in registers", decode(P, 32, 52, AS::kFused)}};
+  for (int chunk : chunks)
+    cases.push_back({"chunks of " + std::to_string(chunk) + " among others", mixed(P, chunk, 16, 52 + chunk, AS::kAuto)});
+  for (const Case& c : cases) {
+    const int64_t before = attention_tiles_in_parallel_launches();
+    const Outputs wide = run_scenario(sh, c.s);
+    ASSERT_GT(attention_tiles_in_parallel_launches(), before) << c.what << ": the kernel did not run";
+    set_attention_tiles_in_parallel(false);
+    const Outputs one = run_scenario(sh, c.s);
+    set_attention_tiles_in_parallel(true);
+    EXPECT_EQ(bit_difference(wide[0], one[0]), "")
+        << shape_name(sh) << " split " << split << ", " << c.what << ": four tiles at a time vs one";
+  }
+}
+TEST(AttentionKernelWide, TilesInParallelGiveTheBitsOfOneAtATime) {
+  ATTN_REQUIRE_GPU();
+  for (const Shape sh : {Shape{32, 8, 128}, Shape{8, 2, 128}})
+    for (int split : {kAttnDefaultSplit, 256}) expect_tiles_in_parallel_equal(sh, split, 1100, {2, 3, 4});
+}
+// A short case for the sanitizer runs (scripts/gpu_test.sh): two rounds, two splits of 256.
+TEST(AttentionKernelWide, ShortDecode) {
+  ATTN_REQUIRE_GPU();
+  expect_tiles_in_parallel_equal(Shape{32, 8, 128}, 256, 300, {3});
+}
+
 // ---- host planner --------------------------------------------------------------------------------
 TEST(AttentionPlan, CoversEveryRowOnce) {
   std::mt19937 rng(11);

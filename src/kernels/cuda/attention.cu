@@ -62,6 +62,8 @@ namespace detinfer::cuda {
 namespace {
 
 std::atomic<int> g_split{kAttnDefaultSplit};
+std::atomic<bool> g_wide{true};
+std::atomic<int64_t> g_wide_launches{0};
 
 constexpr int KT = kAttnKeyTile;
 constexpr float kNegInf = -INFINITY;
@@ -789,6 +791,361 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
   }
 }
 
+// ---- decode with tiles in parallel --------------------------------------------------------------
+// A decode CTA above reduces its tiles one after another: at batch 1 only n_kv_heads CTAs run, and
+// each tile's chain of dependent steps (S, the max and sum trees, P·V) is the step's latency,
+// about 1.4 µs a tile. attn_wide_kernel gives each of P = 4 groups of four warps one tile of a
+// round of P consecutive tiles and keeps the bits of the one-tile-at-a-time kernel:
+//   - each group computes its tile's S and row max mt exactly as the SH warps do (same mmas,
+//     same trees, through the group's own exchange words and a named barrier);
+//   - the groups' mt go through shared memory; every thread then runs the sequential chain of
+//     the running max over the round's tiles in order (m' = max(m, mt), c = det_expf(m − m'),
+//     f = c where m' != m, rows with no key in the tile untouched): the m before its own tile is
+//     the one the sequential kernel has there, so its p = det_expf(s − m'), row sum and P·V
+//     (from +0) are the sequential kernel's values;
+//   - group 0 then folds the round's tiles in order, l = l·c + psum and acc = acc·f + o, the
+//     same operations on the same values; splits end on round boundaries (P divides the split's
+//     tiles) and are merged by the SH code.
+// Used for head_dim 128 where the grid is at most one CTA per SM (decode at small batch).
+constexpr int kWideGroups = 4;
+struct WideShape {
+  static constexpr int HD = 128, LD = HD + 8, P = kWideGroups, NT = P * 128;
+  static constexpr int PW = HD / 16 / 4;  // pairs of 8-wide P·V column tiles per warp
+  static constexpr int OR = 2 * PW * 4;   // P·V output floats per lane
+  static constexpr size_t q_off = 0;
+  static constexpr size_t kv_off = q_off + 16 * LD * 2;
+  static constexpr size_t slot_off = kv_off + size_t(P) * 2 * KT * LD * 2;
+  static constexpr size_t xmax_off = slot_off + size_t(P) * KT * 4;
+  static constexpr size_t xsum_off = xmax_off + size_t(P) * 256 * 4;
+  static constexpr size_t xp_off = xsum_off + size_t(P) * 256 * 4;
+  static constexpr size_t mt_off = xp_off + size_t(P) * 512 * 4;
+  static constexpr size_t ps_off = mt_off + size_t(2) * P * 16 * 4;
+  static constexpr size_t fold_off = ps_off + size_t(2) * P * 16 * 4;
+  static constexpr size_t smem_bytes = fold_off + size_t(P) * 4 * OR * 32 * 4;
+};
+
+__device__ __forceinline__ void group_sync(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
+
+__global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Params p, const int32_t* __restrict__ items) {
+  pdl_launch_dependents();
+  pdl_wait();
+  using W = WideShape;
+  constexpr int LD = W::LD, P = W::P, PW = W::PW, HD = W::HD, NC = HD / 16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint16_t* qs = reinterpret_cast<uint16_t*>(smem_raw + W::q_off);
+  uint16_t* kvs = reinterpret_cast<uint16_t*>(smem_raw + W::kv_off);
+  int32_t* slots_all = reinterpret_cast<int32_t*>(smem_raw + W::slot_off);
+  float* xmax_all = reinterpret_cast<float*>(smem_raw + W::xmax_off);
+  float* xsum_all = reinterpret_cast<float*>(smem_raw + W::xsum_off);
+  uint32_t* xp_all = reinterpret_cast<uint32_t*>(smem_raw + W::xp_off);
+  float* mts = reinterpret_cast<float*>(smem_raw + W::mt_off);   // [2][P][16]
+  float* pss = reinterpret_cast<float*>(smem_raw + W::ps_off);   // [2][P][16]
+  float* fold = reinterpret_cast<float*>(smem_raw + W::fold_off);  // [P][4][OR][32]
+
+  const int32_t* item = items + static_cast<int64_t>(blockIdx.x) * kAttnRecordInts;
+  const int tok0 = item[0], kvh = item[1], r0 = item[2], nrows = item[3], max_pos = item[4];
+  const int s_begin = item[5], s_end = item[6], pbase = item[7];
+  const int tid = threadIdx.x, grp = tid >> 7, gt = tid & 127, w = gt >> 5, lane = tid & 31;
+  const int g = lane >> 2, tq = lane & 3, j0 = 2 * w, dp0 = w * PW;
+  const int hd = p.head_dim, G = p.group;
+  const int32_t* table = p.tables + p.table_off[tok0];
+  const uint16_t* kbase = p.kc + static_cast<int64_t>(kvh) * hd;
+  const uint16_t* vbase = p.vc + static_cast<int64_t>(kvh) * hd;
+  const int t_begin = s_begin * p.split_tiles;
+  const int t_end = min(s_end * p.split_tiles, max_pos / KT + 1);
+  uint16_t* kt = kvs + (2 * grp) * KT * LD;
+  uint16_t* vt = kvs + (2 * grp + 1) * KT * LD;
+  int32_t* slots = slots_all + grp * KT;
+  float* xmax = xmax_all + grp * 256;
+  float* xsum = xsum_all + grp * 256;
+  uint32_t* xp = xp_all + grp * 512;
+
+  auto run_tok = [&](int rr) { return p.group_shift >= 0 ? rr >> p.group_shift : rr / G; };
+  auto run_head = [&](int rr) { return kvh * G + (p.group_shift >= 0 ? rr & (G - 1) : rr % G); };
+  auto slot_of = [&](int key) -> int {
+    if (key > max_pos) return -1;
+    if (p.bs_shift >= 0) return table[key >> p.bs_shift] * p.block_size + (key & (p.block_size - 1));
+    return table[key / p.block_size] * p.block_size + key % p.block_size;
+  };
+  // This lane's rows g and g + 8 (every warp holds all 16 rows, as the SH warps do).
+  const int r_lo = g, r_hi = g + 8;
+  auto row_pos = [&](int r) { return r < nrows ? p.pos[tok0 + run_tok(r0 + r)] : -1; };
+  int pos_lo = row_pos(r_lo), pos_hi = row_pos(r_hi);
+  // Slots of this group's first tile, then q (all loads before the stores that use them).
+  const int slot0 = gt < KT && t_begin + grp < t_end ? slot_of((t_begin + grp) * KT + gt) : -1;
+  constexpr int QN = 16 * (HD / 2);  // float2 words
+  static_assert(QN % W::NT == 0, "q words per thread");
+  float2 qv[QN / W::NT];
+#pragma unroll
+  for (int k = 0; k < QN / W::NT; ++k) {
+    const int i = tid + k * W::NT, r = i / (HD / 2), c = 2 * (i - r * (HD / 2));
+    qv[k] = make_float2(0.0f, 0.0f);
+    if (r < nrows) {
+      const int rr = r0 + r;
+      const int64_t row = static_cast<int64_t>(tok0 + run_tok(rr)) * p.n_heads + run_head(rr);
+      qv[k] = *reinterpret_cast<const float2*>(p.q + row * hd + c);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < QN / W::NT; ++k) {
+    const int i = tid + k * W::NT, r = i / (HD / 2), c = 2 * (i - r * (HD / 2));
+    *reinterpret_cast<uint32_t*>(qs + r * LD + c) = pack_bf16(qv[k].x, qv[k].y);
+  }
+  int warp_last = max(pos_lo, pos_hi);
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
+  if (r_lo >= nrows) pos_lo = warp_last;
+  if (r_hi >= nrows) pos_hi = warp_last;
+  if (gt < KT) slots[gt] = slot0;
+
+  // K and V of tile t into this group's buffers (16-byte copies, zeros for keys past max_pos).
+  const uint32_t kv_sh = static_cast<uint32_t>(__cvta_generic_to_shared(kvs));
+  const int kv_row_bytes = p.n_kv_heads * hd * 2;
+  auto issue = [&]() {
+    constexpr int CPR = HD / 8, RSTEP = 128 / CPR;
+    const int cc = 8 * (gt % CPR), cr = gt / CPR;
+    const char* ksrc = reinterpret_cast<const char*>(kbase + cc);
+    const char* vsrc = reinterpret_cast<const char*>(vbase + cc);
+    const uint32_t dk = kv_sh + 2 * ((2 * grp) * KT * LD + cr * LD + cc), dv = dk + 2 * KT * LD;
+#pragma unroll
+    for (int k = 0; k < KT / RSTEP; ++k) {
+      const int slot = slots[cr + k * RSTEP];
+      const uint64_t off = uint64_t{static_cast<uint32_t>(max(slot, 0))} * static_cast<uint32_t>(kv_row_bytes);
+      const uint32_t dr = 2 * k * RSTEP * LD;
+      cp_async_s<16>(dk + dr, ksrc + off, slot < 0);
+      cp_async_s<16>(dv + dr, vsrc + off, slot < 0);
+    }
+    cp_async_commit();
+  };
+
+  // The split's state (every thread: m; group 0: l and acc) and the merge of the splits before.
+  float m_lo = kNegInf, m_hi = kNegInf, l_lo = 0.0f, l_hi = 0.0f;
+  float acc[2 * PW][4];
+#pragma unroll
+  for (int d = 0; d < 2 * PW; ++d)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[d][e] = 0.0f;
+  float mR_lo = kNegInf, mR_hi = kNegInf, lR_lo = 0.0f, lR_hi = 0.0f;
+  auto out_row = [&](int r) -> int64_t {
+    const int rr = r0 + r;
+    return (static_cast<int64_t>(tok0 + run_tok(rr)) * p.n_heads + run_head(rr)) * hd;
+  };
+  auto out_bf16_row = [&](int r) -> int64_t {
+    const int rr = r0 + r;
+    return static_cast<int64_t>(tok0 + run_tok(rr)) * p.obf_ld + static_cast<int64_t>(run_head(rr)) * hd;
+  };
+
+  __syncthreads();  // q and the first slots are in shared memory
+  int sh_split = s_begin, sh_left = p.split_tiles, par = 0;
+  for (int tb = t_begin; tb < t_end; tb += P, par ^= 1) {
+    const int t = tb + grp;
+    const bool valid = t < t_end;  // the valid tiles of a round are a prefix of its groups
+    const int p0 = t * KT;
+    float mt_lo = 0.0f, mt_hi = 0.0f, s[2][4];
+    if (valid) {
+      issue();
+      cp_async_wait<0>();
+      group_sync(1 + grp);  // this group's K and V landed
+      // S for keys 16w..16w + 15 of the tile (the SH warp's n-tiles j0, j0 + 1).
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+      uint32_t qa[2][4], kb[2][4];
+      auto load_qk = [&](int c, int b) {
+        ldsm_x4(qa[b], qs + (lane & 15) * LD + c * 16 + (lane >> 4) * 8);
+        ldsm_x4(kb[b], kt + (w * 16 + (lane & 7) + (lane >> 4) * 8) * LD + c * 16 + ((lane >> 3) & 1) * 8);
+      };
+      load_qk(0, 0);
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        if (c + 1 < NC) load_qk(c + 1, (c + 1) & 1);
+        mma_bf16(s[0], qa[c & 1], kb[c & 1][0], kb[c & 1][1]);
+        mma_bf16(s[1], qa[c & 1], kb[c & 1][2], kb[c & 1][3]);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
+          s[j][e] = key <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[j][e], p.scale) : kNegInf;
+        }
+      xmax[w * 64 + lane] = max_sel(max_sel(s[0][0], s[0][1]), max_sel(s[1][0], s[1][1]));
+      xmax[w * 64 + 32 + lane] = max_sel(max_sel(s[0][2], s[0][3]), max_sel(s[1][2], s[1][3]));
+      group_sync(1 + grp);
+      float a[4], b[4];
+#pragma unroll
+      for (int v = 0; v < 4; ++v) a[v] = xmax[v * 64 + lane], b[v] = xmax[v * 64 + 32 + lane];
+      mt_lo = tree<4>(a, max_sel), mt_hi = tree<4>(b, max_sel);
+#pragma unroll
+      for (int o = 1; o <= 2; o <<= 1) {
+        mt_lo = max_sel(mt_lo, __shfl_xor_sync(0xffffffffu, mt_lo, o));
+        mt_hi = max_sel(mt_hi, __shfl_xor_sync(0xffffffffu, mt_hi, o));
+      }
+      if (w == 0 && tq == 0) mts[(par * P + grp) * 16 + g] = mt_lo, mts[(par * P + grp) * 16 + g + 8] = mt_hi;
+    }
+    __syncthreads();  // every group's row maxima
+    // The running max over the round's tiles in order, as the sequential kernel updates it.
+    struct Step {
+      float mn, c, f;
+      bool act;
+    };
+    auto step = [&](float m, float mt, int tile, int pos) {
+      Step st;
+      st.act = tile * KT <= pos;
+      st.mn = max_sel(m, mt);
+      st.c = st.act ? det_expf(__fsub_rn(m, st.mn)) : 1.0f;
+      st.f = st.act && st.mn != m ? st.c : 1.0f;
+      return st;
+    };
+    float ml = m_lo, mh = m_hi;
+    float o_reg[2 * PW][4];
+    if (valid) {
+      for (int j = 0; j < grp; ++j) {  // the max before this group's tile
+        const float a = mts[(par * P + j) * 16 + g], b = mts[(par * P + j) * 16 + g + 8];
+        if ((tb + j) * KT <= pos_lo) ml = max_sel(ml, a);
+        if ((tb + j) * KT <= pos_hi) mh = max_sel(mh, b);
+      }
+      const float mn_lo = max_sel(ml, mt_lo), mn_hi = max_sel(mh, mt_hi);
+      // p and its row sum (the SH trees), bf16(p) as the A fragments of P·V.
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
+          const float d = __fsub_rn(s[j][e], e < 2 ? mn_lo : mn_hi);
+          s[j][e] = key <= (e < 2 ? pos_lo : pos_hi) ? det_expf(d) : 0.0f;
+        }
+      xsum[w * 64 + lane] = add_rn(add_rn(s[0][0], s[0][1]), add_rn(s[1][0], s[1][1]));
+      xsum[w * 64 + 32 + lane] = add_rn(add_rn(s[0][2], s[0][3]), add_rn(s[1][2], s[1][3]));
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        xp[64 * (j0 + j) + lane] = pack_bf16(s[j][0], s[j][1]);
+        xp[64 * (j0 + j) + 32 + lane] = pack_bf16(s[j][2], s[j][3]);
+      }
+      group_sync(1 + grp);
+      float a[4], b[4];
+#pragma unroll
+      for (int v = 0; v < 4; ++v) a[v] = xsum[v * 64 + lane], b[v] = xsum[v * 64 + 32 + lane];
+      float ps_lo = tree<4>(a, add_rn), ps_hi = tree<4>(b, add_rn);
+#pragma unroll
+      for (int o = 1; o <= 2; o <<= 1) {
+        ps_lo = __fadd_rn(ps_lo, __shfl_xor_sync(0xffffffffu, ps_lo, o));
+        ps_hi = __fadd_rn(ps_hi, __shfl_xor_sync(0xffffffffu, ps_hi, o));
+      }
+      if (w == 0 && tq == 0) pss[(par * P + grp) * 16 + g] = ps_lo, pss[(par * P + grp) * 16 + g + 8] = ps_hi;
+      uint32_t pa[4][4];
+#pragma unroll
+      for (int kc = 0; kc < 4; ++kc)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) pa[kc][i] = xp[128 * kc + 32 * i + lane];
+      // o = P·V for this warp's column pairs, keys in chunks of 16 in increasing order, from +0.
+#pragma unroll
+      for (int dl = 0; dl < PW; ++dl) {
+        const int dp = dp0 + dl;
+        uint32_t vb[4][4];
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc)
+          ldsm_x4_trans(vb[kc], vt + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
+        float o[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc) {
+          mma_bf16(o[0], pa[kc], vb[kc][0], vb[kc][1]);
+          mma_bf16(o[1], pa[kc], vb[kc][2], vb[kc][3]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o_reg[2 * dl + h][e] = o[h][e];
+      }
+      if (grp > 0) {
+#pragma unroll
+        for (int d = 0; d < 2 * PW; ++d)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) fold[((grp * 4 + w) * W::OR + 4 * d + e) * 32 + lane] = o_reg[d][e];
+      }
+    }
+    __syncthreads();  // every group's row sums and P·V
+    // The round's tiles in order: the max (every thread), l and acc (group 0).
+    for (int j = 0; j < P && tb + j < t_end; ++j) {
+      const float a = mts[(par * P + j) * 16 + g], b = mts[(par * P + j) * 16 + g + 8];
+      const Step lo = step(m_lo, a, tb + j, pos_lo), hi = step(m_hi, b, tb + j, pos_hi);
+      if (grp == 0) {
+        if (lo.act) l_lo = __fadd_rn(__fmul_rn(l_lo, lo.c), pss[(par * P + j) * 16 + g]);
+        if (hi.act) l_hi = __fadd_rn(__fmul_rn(l_hi, hi.c), pss[(par * P + j) * 16 + g + 8]);
+#pragma unroll
+        for (int d = 0; d < 2 * PW; ++d)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float o = j == 0 ? o_reg[d][e] : fold[((j * 4 + w) * W::OR + 4 * d + e) * 32 + lane];
+            const float na = __fadd_rn(__fmul_rn(acc[d][e], e < 2 ? lo.f : hi.f), o);
+            if (e < 2 ? lo.act : hi.act) acc[d][e] = na;
+          }
+      }
+      if (lo.act) m_lo = lo.mn;
+      if (hi.act) m_hi = hi.mn;
+    }
+    // End of a split (P divides its tiles, so rounds never straddle one): as the SH CTA.
+    const bool more = tb + P < t_end;
+    sh_left -= P;
+    if (!more || sh_left == 0) {
+      if (grp == 0) {
+        const int split = sh_split;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = h ? r_hi : r_lo;
+          const float m = h ? m_hi : m_lo, l = h ? l_hi : l_lo;
+          if (pbase >= 0) {
+            if (r < nrows) {
+              float* wp = p.ws + static_cast<int64_t>(pbase + (split - s_begin) * nrows + r) * (hd + 2);
+              if (tq == 0 && tid < 32) wp[0] = m, wp[1] = l;
+#pragma unroll
+              for (int d = 0; d < 2 * PW; ++d) {
+                const int c = 8 * (2 * dp0 + d) + 2 * tq;
+                *reinterpret_cast<float2*>(wp + 2 + c) = make_float2(acc[d][2 * h], acc[d][2 * h + 1]);
+              }
+            }
+          } else {
+            const MergeCoef cf = merge_coef(h ? mR_hi : mR_lo, h ? lR_hi : lR_lo, m, l);
+            if (r < nrows && (cf.kind != 0 || !more)) {
+              float* o = p.out + out_row(r);
+#pragma unroll
+              for (int d = 0; d < 2 * PW; ++d) {
+                const int c = 8 * (2 * dp0 + d) + 2 * tq;
+                const bool read = cf.kind == 2 || cf.kind == 0;
+                const float2 prev = read ? *reinterpret_cast<const float2*>(o + c) : make_float2(0.0f, 0.0f);
+                float2 v = make_float2(merge_elem(cf, prev.x, acc[d][2 * h]), merge_elem(cf, prev.y, acc[d][2 * h + 1]));
+                if (!more) {
+                  v = make_float2(__fdiv_rn(v.x, cf.l), __fdiv_rn(v.y, cf.l));
+                  if (p.obf) *reinterpret_cast<uint32_t*>(p.obf + out_bf16_row(r) + c) = pack_bf16(v.x, v.y);
+                }
+                *reinterpret_cast<float2*>(o + c) = v;
+              }
+            }
+            if (h) mR_hi = cf.m, lR_hi = cf.l;
+            else mR_lo = cf.m, lR_lo = cf.l;
+          }
+        }
+        l_lo = l_hi = 0.0f;
+#pragma unroll
+        for (int d = 0; d < 2 * PW; ++d)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[d][e] = 0.0f;
+      }
+      m_lo = m_hi = kNegInf;
+      ++sh_split;
+      sh_left = p.split_tiles;
+    }
+    // The next round's slots (each group's next tile) into this group's ring entry.
+    if (more) {
+      const int tn = tb + P + grp;
+      const int sl = gt < KT && tn < t_end ? slot_of(tn * KT + gt) : -1;
+      if (gt < KT) slots[gt] = sl;  // (the round's copies read theirs before its first barrier)
+      group_sync(1 + grp);
+    }
+  }
+}
+
 // ---- the merge kernel ------------------------------------------------------------------------------
 // One warp per row: record {token, head, first partial, stride, count}; partials first,
 // first + stride, ... merged in increasing split order from the empty state; out = acc / l.
@@ -961,6 +1318,22 @@ void launch_tc(const Params& p, const int32_t* items, int n, cudaStream_t stream
              "attention launch", p, items);
 }
 
+void launch_wide(const Params& p, const int32_t* items, int n, cudaStream_t stream) {
+  constexpr size_t smem = WideShape::smem_bytes;
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load() & bit)) {
+    check(cudaFuncSetAttribute(attn_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+          "attention smem opt-in");
+    configured.fetch_or(bit);
+  }
+  launch_pdl(attn_wide_kernel, dim3(static_cast<unsigned>(n)), dim3(WideShape::NT), smem, stream,
+             "attention (tiles in parallel) launch", p, items);
+  ++g_wide_launches;
+}
+
 int sm_count() {
   static std::atomic<int> counts[64] = {};
   int dev = 0;
@@ -985,7 +1358,10 @@ int sm_count() {
 // CTAs: three buffers, four for head_dim 256. A schedule only: the bits are the same.
 template <int HDP>
 void launch_both(const Params& p, const AttentionPlan& plan, const int32_t* work, cudaStream_t stream) {
-  if (plan.n_small <= 2 * sm_count()) launch_tc<HDP, 4, 4, true>(p, work, plan.n_small, stream);
+  if (HDP == WideShape::HD && p.head_dim == HDP && p.vec16 && p.split_tiles % kWideGroups == 0 &&
+      plan.n_small > 0 && plan.n_small <= sm_count() && g_wide.load()) {
+    launch_wide(p, work, plan.n_small, stream);
+  } else if (plan.n_small <= 2 * sm_count()) launch_tc<HDP, 4, 4, true>(p, work, plan.n_small, stream);
   else launch_tc<HDP, 4, 3, true>(p, work, plan.n_small, stream);
   launch_tc<HDP, 4, HDP == 256 ? 4 : 3>(p, work + static_cast<int64_t>(plan.n_small) * kAttnRecordInts,
                                          plan.n_large, stream);
@@ -999,6 +1375,8 @@ void set_attention_split(int keys) {
   g_split = keys;
 }
 int attention_split() { return g_split.load(); }
+void set_attention_tiles_in_parallel(bool enabled) { g_wide = enabled; }
+int64_t attention_tiles_in_parallel_launches() { return g_wide_launches.load(); }
 
 void kv_write_bf16(uint16_t* k_cache, uint16_t* v_cache, const float* k, const float* v, int64_t T,
                    int64_t row, const int32_t* slots, cudaStream_t stream) {

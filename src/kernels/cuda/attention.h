@@ -30,6 +30,10 @@ constexpr int kAttnPagedMaxHeadDim = 512;
 // default kAttnDefaultSplit). A plan records the size it was made with.
 void set_attention_split(int keys);
 int attention_split();
+// Decode CTAs of head_dim 128 reduce four tiles at a time (the same bits as one at a time) where
+// the grid is at most one CTA per SM; false: always one at a time (tests and timing).
+void set_attention_tiles_in_parallel(bool enabled);
+int64_t attention_tiles_in_parallel_launches();  // launches so far (tests)
 
 // One layer's cache as bf16 bits (round to nearest even from fp32):
 // k/v[num_blocks][block_size][n_kv_heads][head_dim]. Row (n_kv_heads*head_dim values) of token t

@@ -7,7 +7,10 @@
 //     (QKᵀ and P·V, 2 flops per multiply-add, the causal half);
 //   - decode: batch B (1 at ctx 160), one token per sequence at position ctx−1: GB/s of K and V
 //     bytes that the step must read (B·ctx·kv_heads·head_dim·2 bytes·2) against the copy;
-//   - a bits check: the prefill's last row equals the same row computed as a decode step.
+//   - a bits check: the prefill's last row equals the same row computed as a decode step;
+//   - at the default split, each decode case again with decode CTAs reducing one tile at a time
+//     (set_attention_tiles_in_parallel(false)): its time, and whether its output has the same
+//     bits (a difference is a failure).
 // Times are CUDA-event medians after warm-up; decode calls are timed as a CUDA graph of 20
 // calls (no host launch overhead, as in a captured decode step).
 //

@@ -7,6 +7,8 @@
 // columns, and the softmax's row trees are completed through shared memory in the same shape.
 // Every element of an mma depends only on its own row of A and column of B, so which rows share
 // a CTA (decode: the heads of one token; prefill: several tokens) never changes a row's bits.
+// Decode items of head_dim 128 on a grid of at most one CTA per SM run attn_wide_kernel, which
+// reduces four tiles at a time and replays the order below (see there).
 //
 // The order of the arithmetic for one row at position `pos` (keys 0..pos of its sequence):
 //   q, k, v are bf16 (q rounded to nearest even as it is loaded; the cache holds bf16 bits);

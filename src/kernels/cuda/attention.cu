@@ -195,6 +195,186 @@ __device__ __forceinline__ float merge_elem(const MergeCoef& c, float x_a, float
   return __fadd_rn(__fmul_rn(x_a, c.a), __fmul_rn(x_b, c.b));
 }
 
+// Row rr of an item's run (rr = r0 + r): token tok0 + rr / G, head kvh·G + rr % G (a shift and
+// a mask where shift >= 0: G a power of two); where row r's out values and bf16 copy go.
+struct RunRows {
+  int tok0, kvh, r0, G, shift, n_heads, hd;
+  int64_t obf_ld;
+  __device__ __forceinline__ int tok(int rr) const { return shift >= 0 ? rr >> shift : rr / G; }
+  __device__ __forceinline__ int head(int rr) const { return kvh * G + (shift >= 0 ? rr & (G - 1) : rr % G); }
+  __device__ __forceinline__ int64_t out(int r) const {
+    const int rr = r0 + r;
+    return (static_cast<int64_t>(tok0 + tok(rr)) * n_heads + head(rr)) * hd;
+  }
+  __device__ __forceinline__ int64_t out_bf16(int r) const {
+    const int rr = r0 + r;
+    return static_cast<int64_t>(tok0 + tok(rr)) * obf_ld + static_cast<int64_t>(head(rr)) * hd;
+  }
+};
+
+// The end of a split for one of a lane's two rows (h: row g or g + 8), its accumulators in
+// column tiles 2·dp0 + d (d < 2·PW), columns 8·(2·dp0 + d) + 2·tq and + 1 below hd:
+// to the workspace entry w (m and l too where write_ml), or merged into the row's `out` in split
+// order (read_kept: the row's `out` holds the merge even where this split adds nothing), then,
+// where `divide`, out = merge / l and its bf16 copy to obf (if not null).
+template <int PW>
+__device__ __forceinline__ void split_to_workspace(float* w, float m, float l, bool write_ml, const float (&acc)[2 * PW][4],
+                                                   int h, int dp0, int tq, int hd) {
+  if (write_ml) w[0] = m, w[1] = l;
+#pragma unroll
+  for (int d = 0; d < 2 * PW; ++d) {
+    const int c = 8 * (2 * dp0 + d) + 2 * tq;
+    if (c < hd) *reinterpret_cast<float2*>(w + 2 + c) = make_float2(acc[d][2 * h], acc[d][2 * h + 1]);
+  }
+}
+template <int PW>
+__device__ __forceinline__ void merge_into_out(const MergeCoef& cf, float* o, uint16_t* obf, bool read_kept, bool divide,
+                                               const float (&acc)[2 * PW][4], int h, int dp0, int tq, int hd) {
+#pragma unroll
+  for (int d = 0; d < 2 * PW; ++d) {
+    const int c = 8 * (2 * dp0 + d) + 2 * tq;
+    if (c >= hd) continue;
+    const bool read = cf.kind == 2 || (read_kept && cf.kind == 0);
+    const float2 prev = read ? *reinterpret_cast<const float2*>(o + c) : make_float2(0.0f, 0.0f);
+    float2 v = make_float2(merge_elem(cf, prev.x, acc[d][2 * h]), merge_elem(cf, prev.y, acc[d][2 * h + 1]));
+    if (divide) {
+      v = make_float2(__fdiv_rn(v.x, cf.l), __fdiv_rn(v.y, cf.l));
+      if (obf) *reinterpret_cast<uint32_t*>(obf + c) = pack_bf16(v.x, v.y);
+    }
+    *reinterpret_cast<float2*>(o + c) = v;
+  }
+}
+
+// The end of a split for a lane's rows r[0] (g) and r[1] (g + 8), state m, l, acc, where the
+// merge is not held in registers: to the workspace entries ws_row(r) (pbase >= 0), or merged into
+// out (mR, lR: the running merge's m and l, updated; kept: out holds the merge even where a split
+// adds nothing), divided after the CTA's last split where `divide`.
+template <int PW, typename WsRow>
+__device__ __forceinline__ void end_split_rows(bool to_ws, WsRow ws_row, float* out, uint16_t* obf, const RunRows& rows,
+                                               int nrows, const int (&r)[2], const float (&m)[2], const float (&l)[2],
+                                               float (&mR)[2], float (&lR)[2], bool write_ml, bool kept, bool last,
+                                               bool divide, const float (&acc)[2 * PW][4], int dp0, int tq, int hd) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (to_ws) {
+      if (r[h] < nrows) split_to_workspace<PW>(ws_row(r[h]), m[h], l[h], write_ml, acc, h, dp0, tq, hd);
+      continue;
+    }
+    const MergeCoef cf = merge_coef(mR[h], lR[h], m[h], l[h]);
+    if (r[h] < nrows && (cf.kind != 0 || (kept && last)))
+      merge_into_out<PW>(cf, out + rows.out(r[h]), obf ? obf + rows.out_bf16(r[h]) : nullptr, kept, divide, acc, h, dp0,
+                         tq, hd);
+    mR[h] = cf.m, lR[h] = cf.l;
+  }
+}
+
+// ---- one decode warp's share of a tile: keys 16w .. 16w + 15 (n-tiles j0 = 2w, 2w + 1) --------
+// Shared by the SH CTAs and attn_wide_kernel. A lane holds rows g and g + 8 (h = 0, 1) of the 16.
+// S = q·kᵀ: 16 q rows at qs, the tile's K rows at kt (row stride LD), head_dim in chunks of 16 in
+// increasing order from +0; the next chunk's fragments load before this chunk's mmas.
+template <int NC, int LD>
+__device__ __forceinline__ void warp_s(float (&s)[2][4], const uint16_t* qs, const uint16_t* kt, int w, int lane,
+                                       int hd) {
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+  uint32_t qa[2][4], kb[2][4];
+  auto load_qk = [&](int c, int b) {
+    ldsm_x4(qa[b], qs + (lane & 15) * LD + c * 16 + (lane >> 4) * 8);
+    ldsm_x4(kb[b], kt + (w * 16 + (lane & 7) + (lane >> 4) * 8) * LD + c * 16 + ((lane >> 3) & 1) * 8);
+  };
+  load_qk(0, 0);
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    if (c * 16 >= hd) break;
+    if (c + 1 < NC && (c + 1) * 16 < hd) load_qk(c + 1, (c + 1) & 1);
+    mma_bf16(s[0], qa[c & 1], kb[c & 1][0], kb[c & 1][1]);
+    mma_bf16(s[1], qa[c & 1], kb[c & 1][2], kb[c & 1][3]);
+  }
+}
+// Key of fragment value (j, e) of a tile starting at p0: p0 + 8·(j0 + j) + 2·tq + (e & 1).
+// s = S·scale, and −inf for keys past the row's position (kMasked).
+template <bool kMasked>
+__device__ __forceinline__ void scale_rows(float (&s)[2][4], int p0, int j0, int tq, int pos_lo, int pos_hi,
+                                           float scale) {
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
+      s[j][e] = !kMasked || key <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[j][e], scale) : kNegInf;
+    }
+}
+// p = exp(s − m') for the same keys (m' of the lane's row), 0 past the row's position.
+template <bool kMasked>
+__device__ __forceinline__ void exp_rows(float (&s)[2][4], int p0, int j0, int tq, int pos_lo, int pos_hi,
+                                         float mn_lo, float mn_hi) {
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
+      const float d = __fsub_rn(s[j][e], e < 2 ? mn_lo : mn_hi);
+      s[j][e] = !kMasked || key <= (e < 2 ? pos_lo : pos_hi) ? det_expf(d) : 0.0f;
+    }
+}
+// A row tree's first levels over the warp's n-tile pair: op(a[j0], a[j0 + 1]) (row_tree's leaves).
+template <typename Op>
+__device__ __forceinline__ float pair_subtree(const float (&s)[2][4], int h, Op op) {
+  return op(op(s[0][2 * h], s[0][2 * h + 1]), op(s[1][2 * h], s[1][2 * h + 1]));
+}
+// The rest of the tree from the NW warps' subtrees (word(v, i): warp v's word i, rows g and
+// g + 8 at i = lane and 32 + lane), then the quad (xor 1, xor 2).
+template <int NW, typename Op, typename Word>
+__device__ __forceinline__ void finish_rows(Op op, Word word, int lane, float& lo, float& hi) {
+  float a[NW], b[NW];
+#pragma unroll
+  for (int v = 0; v < NW; ++v) a[v] = __uint_as_float(*word(v, lane)), b[v] = __uint_as_float(*word(v, 32 + lane));
+  lo = tree<NW>(a, op), hi = tree<NW>(b, op);
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    lo = op(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+    hi = op(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+  }
+}
+// bf16(p) of the warp's n-tiles to the P words (word(i); n-tile j: 64j + (0: row g, 32: row
+// g + 8) + lane), and back as P·V's A fragments: k-chunk kc is n-tiles 2kc, 2kc + 1.
+template <typename Word>
+__device__ __forceinline__ void store_p(const float (&s)[2][4], int j0, int lane, Word word) {
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    *word(64 * (j0 + j) + lane) = pack_bf16(s[j][0], s[j][1]);
+    *word(64 * (j0 + j) + 32 + lane) = pack_bf16(s[j][2], s[j][3]);
+  }
+}
+template <typename Word>
+__device__ __forceinline__ void load_p(uint32_t (&pa)[4][4], int lane, Word word) {
+#pragma unroll
+  for (int kc = 0; kc < 4; ++kc)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) pa[kc][i] = *word(128 * kc + 32 * i + lane);
+}
+// V fragments of 8-wide column pair dp of a tile at vt, and o = P·V for that pair: keys in
+// chunks of 16 in increasing order, from +0.
+template <int LD>
+__device__ __forceinline__ void load_v_frags(uint32_t (&vb)[4][4], const uint16_t* vt, int dp, int lane) {
+#pragma unroll
+  for (int kc = 0; kc < 4; ++kc)
+    ldsm_x4_trans(vb[kc], vt + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
+}
+__device__ __forceinline__ void pv_pair(float (&o)[2][4], const uint32_t (&pa)[4][4], const uint32_t (&vb)[4][4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[h][e] = 0.0f;
+#pragma unroll
+  for (int kc = 0; kc < 4; ++kc) {
+    mma_bf16(o[0], pa[kc], vb[kc][0], vb[kc][1]);
+    mma_bf16(o[1], pa[kc], vb[kc][2], vb[kc][3]);
+  }
+}
+
 // ---- the tensor-core kernel ---------------------------------------------------------------------
 // Item (kAttnRecordInts int32): first token of the run, kv head, first row r0 of the run's rows
 // (row r = token (r / group) of the run, head kvh·group + r % group), rows, last valid position
@@ -283,8 +463,9 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
     }
   }
   // Row rr of the run: token tok0 + rr / G, head kvh·G + rr % G.
-  auto run_tok = [&](int rr) { return SH && p.group_shift >= 0 ? rr >> p.group_shift : rr / G; };
-  auto run_head = [&](int rr) { return kvh * G + (SH && p.group_shift >= 0 ? rr & (G - 1) : rr % G); };
+  const RunRows rows{tok0, kvh, r0, G, SH ? p.group_shift : -1, p.n_heads, hd, p.obf_ld};
+  auto run_tok = [&](int rr) { return rows.tok(rr); };
+  auto run_head = [&](int rr) { return rows.head(rr); };
   // Cache slot of a key (-1 past max_pos: loaded as zeros).
   auto slot_of = [&](int key) -> int {
     if (key > max_pos) return -1;
@@ -347,14 +528,8 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
   int warp_first = min(pos_lo, pos_hi);
 #pragma unroll
   for (int o = 16; o >= 1; o >>= 1) warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, o));
-  auto out_row = [&](int r) -> int64_t {
-    const int rr = r0 + r;
-    return (static_cast<int64_t>(tok0 + run_tok(rr)) * p.n_heads + run_head(rr)) * hd;
-  };
-  auto out_bf16_row = [&](int r) -> int64_t {
-    const int rr = r0 + r;
-    return static_cast<int64_t>(tok0 + run_tok(rr)) * p.obf_ld + static_cast<int64_t>(run_head(rr)) * hd;
-  };
+  auto out_row = [&](int r) { return rows.out(r); };
+  auto out_bf16_row = [&](int r) { return rows.out_bf16(r); };
 
   // Copies of one tile: K into buffer bk (do_k) and V into buffer bv (do_v), slots from ring
   // entry rs. Copy i of a tile is row i / CPR, elements E·(i % CPR) + [0, E) (E = 8: 16-byte
@@ -566,72 +741,24 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
       };
       auto pad_word = [&](int i) { return reinterpret_cast<uint32_t*>(ks + (i >> 2) * LD + HDP) + (i & 3); };
       float s[2][4];
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
-      uint32_t qa[2][4], kb[2][4];
-      auto load_qk = [&](int c, int b) {
-        ldsm_x4(qa[b], qs + (lane & 15) * LD + c * 16 + (lane >> 4) * 8);
-        ldsm_x4(kb[b], kt + (w * 16 + (lane & 7) + (lane >> 4) * 8) * LD + c * 16 + ((lane >> 3) & 1) * 8);
-      };
-      load_qk(0, 0);
-#pragma unroll
-      for (int c = 0; c < NC; ++c) {
-        if (c * 16 >= hd) break;
-        if (c + 1 < NC && (c + 1) * 16 < hd) load_qk(c + 1, (c + 1) & 1);
-        mma_bf16(s[0], qa[c & 1], kb[c & 1][0], kb[c & 1][1]);
-        mma_bf16(s[1], qa[c & 1], kb[c & 1][2], kb[c & 1][3]);
-      }
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
-          s[j][e] = !kMasked || key <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[j][e], p.scale) : kNegInf;
-        }
-      // A row tree's first levels over this warp's n-tile pair: op(a[j0], a[j0 + 1]).
-      auto subtree = [&](auto op, int h) { return op(op(s[0][2 * h], s[0][2 * h + 1]), op(s[1][2 * h], s[1][2 * h + 1])); };
-      // The rest of the tree from the four warps' subtrees (word(v, i): warp v's word i), then
-      // the quad.
-      auto finish = [&](auto op, auto word, float& lo, float& hi) {
-        float a[NW], b[NW];
-#pragma unroll
-        for (int v = 0; v < NW; ++v) a[v] = __uint_as_float(*word(v, lane)), b[v] = __uint_as_float(*word(v, 32 + lane));
-        lo = tree<NW>(a, op), hi = tree<NW>(b, op);
-#pragma unroll
-        for (int o = 1; o <= 2; o <<= 1) {
-          lo = op(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-          hi = op(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-        }
-      };
+      warp_s<NC, LD>(s, qs, kt, w, lane, hd);
+      scale_rows<kMasked>(s, p0, j0, tq, pos_lo, pos_hi, p.scale);
       __syncwarp();  // this warp's ldmatrix reads of its K rows are done before they are overwritten
-      *own_word(w, lane) = __float_as_uint(subtree(max_sel, 0));
-      *own_word(w, 32 + lane) = __float_as_uint(subtree(max_sel, 1));
+      *own_word(w, lane) = __float_as_uint(pair_subtree(s, 0, max_sel));
+      *own_word(w, 32 + lane) = __float_as_uint(pair_subtree(s, 1, max_sel));
       __syncthreads();  // every warp's max subtrees written
       float mt_lo, mt_hi;
-      finish(max_sel, own_word, mt_lo, mt_hi);
+      finish_rows<NW>(max_sel, own_word, lane, mt_lo, mt_hi);
       act_lo = !kMasked || p0 <= pos_lo;
       act_hi = !kMasked || p0 <= pos_hi;
       const float mn_lo = max_sel(m_lo, mt_lo), mn_hi = max_sel(m_hi, mt_hi);
       const float c_lo = act_lo ? det_expf(__fsub_rn(m_lo, mn_lo)) : 1.0f;
       const float c_hi = act_hi ? det_expf(__fsub_rn(m_hi, mn_hi)) : 1.0f;
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
-          const float d = __fsub_rn(s[j][e], e < 2 ? mn_lo : mn_hi);
-          s[j][e] = !kMasked || key <= (e < 2 ? pos_lo : pos_hi) ? det_expf(d) : 0.0f;
-        }
-      *pad_word(w * 64 + lane) = __float_as_uint(subtree(add_rn, 0));
-      *pad_word(w * 64 + 32 + lane) = __float_as_uint(subtree(add_rn, 1));
-      // bf16(p) of n-tile j: words 256 + 64j + (0: keys' row g, 32: row g + 8) + lane.
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        *pad_word(256 + 64 * (j0 + j) + lane) = pack_bf16(s[j][0], s[j][1]);
-        *pad_word(256 + 64 * (j0 + j) + 32 + lane) = pack_bf16(s[j][2], s[j][3]);
-      }
+      exp_rows<kMasked>(s, p0, j0, tq, pos_lo, pos_hi, mn_lo, mn_hi);
+      *pad_word(w * 64 + lane) = __float_as_uint(pair_subtree(s, 0, add_rn));
+      *pad_word(w * 64 + 32 + lane) = __float_as_uint(pair_subtree(s, 1, add_rn));
+      auto p_word = [&](int i) { return pad_word(256 + i); };  // bf16(p): words 256 ... 767
+      store_p(s, j0, lane, p_word);
       f_lo = act_lo && mn_lo != m_lo ? c_lo : 1.0f;
       f_hi = act_hi && mn_hi != m_hi ? c_hi : 1.0f;
       if (act_lo) m_lo = mn_lo;
@@ -643,14 +770,11 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
         cp_async_commit();
       }
       float ps_lo, ps_hi;
-      finish(add_rn, [&](int v, int i) { return pad_word(v * 64 + i); }, ps_lo, ps_hi);
+      finish_rows<NW>(add_rn, [&](int v, int i) { return pad_word(v * 64 + i); }, lane, ps_lo, ps_hi);
       if (act_lo) l_lo = __fadd_rn(__fmul_rn(l_lo, c_lo), ps_lo);
       if (act_hi) l_hi = __fadd_rn(__fmul_rn(l_hi, c_hi), ps_hi);
-      // P as the A operand: k-chunk kc is n-tiles 2kc, 2kc + 1 (the prefill warp's pack order).
-#pragma unroll
-      for (int kc = 0; kc < 4; ++kc)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) pa[kc][i] = *pad_word(256 + 128 * kc + 32 * i + lane);
+      // P as the A operand (the prefill warp's pack order).
+      load_p(pa, lane, p_word);
     };
     if constexpr (Shape::SPLIT) {
       if (dense) phase_s_sh(std::false_type());
@@ -671,23 +795,15 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
       // o = P·V per pair of 8-wide dim tiles, keys in chunks of 16 in increasing order, from +0;
       // then folded into acc (rows without a key <= pos in this tile keep their acc exactly).
       uint32_t vb[2][4][4];
-      auto load_v = [&](int dp, int b) {
-#pragma unroll
-        for (int kc = 0; kc < 4; ++kc)
-          ldsm_x4_trans(vb[b][kc], vt + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
-      };
+      auto load_v = [&](int dp, int b) { load_v_frags<LD>(vb[b], vt, dp, lane); };
       if (dp0 < NP) load_v(dp0, 0);  // past hd: zero padding columns, unused
 #pragma unroll
       for (int dl = 0; dl < PW; ++dl) {
         const int dp = SH ? dp0 + dl : dl;
         if (dp >= NP || dp * 16 >= hd) break;
         if (dl + 1 < PW && dp + 1 < NP && (dp + 1) * 16 < hd) load_v(dp + 1, (dl + 1) & 1);
-        float o[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-        for (int kc = 0; kc < 4; ++kc) {
-          mma_bf16(o[0], pa[kc], vb[dl & 1][kc][0], vb[dl & 1][kc][1]);
-          mma_bf16(o[1], pa[kc], vb[dl & 1][kc][2], vb[dl & 1][kc][3]);
-        }
+        float o[2][4];
+        pv_pair(o, pa, vb[dl & 1]);
 #pragma unroll
         for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -706,46 +822,25 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
     // End of a split: hand its state to the merge (here or through the workspace), start afresh.
     if (!more || (SH ? --sh_left == 0 : (t + 1) % p.split_tiles == 0)) {
       const int split = SH ? sh_split : t / p.split_tiles;
+      if (pbase >= 0 || !kRegMerge) {
+        // kDivideAtEnd: after the CTA's last split, out = acc / l right here, the division
+        // the pass after the loop makes of the merged state read back from out, without
+        // that round trip through global memory at the end of every decode step.
+        const int rr[2] = {r_lo, r_hi};
+        const float mm[2] = {m_lo, m_hi}, ll[2] = {l_lo, l_hi};
+        float mR[2] = {mR_lo, mR_hi}, lR[2] = {lR_lo, lR_hi};
+        auto ws_row = [&](int r) { return p.ws + static_cast<int64_t>(pbase + (split - s_begin) * nrows + r) * (hd + 2); };
+        end_split_rows<PW>(pbase >= 0, ws_row, p.out, p.obf, rows, nrows, rr, mm, ll, mR, lR, tq == 0 && (!SH || tid < 32),
+                           kDivideAtEnd, !more, kDivideAtEnd && !more, acc, dp0, tq, hd);
+        mR_lo = mR[0], mR_hi = mR[1], lR_lo = lR[0], lR_hi = lR[1];
+      } else {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = h ? r_hi : r_lo;
-        const float m = h ? m_hi : m_lo, l = h ? l_hi : l_lo;
-        if (pbase >= 0) {
-          if (r < nrows) {
-            float* w = p.ws + static_cast<int64_t>(pbase + (split - s_begin) * nrows + r) * (hd + 2);
-            if (tq == 0 && (!SH || tid < 32)) w[0] = m, w[1] = l;
+        for (int h = 0; h < 2; ++h) {
+          const MergeCoef cf = merge_coef(h ? mR_hi : mR_lo, h ? lR_hi : lR_lo, h ? m_hi : m_lo, h ? l_hi : l_lo);
 #pragma unroll
-            for (int d = 0; d < 2 * PW; ++d) {
-              const int c = 8 * (2 * dp0 + d) + 2 * tq;
-              if (c < hd) *reinterpret_cast<float2*>(w + 2 + c) = make_float2(acc[d][2 * h], acc[d][2 * h + 1]);
-            }
-          }
-        } else {
-          const MergeCoef cf = merge_coef(h ? mR_hi : mR_lo, h ? lR_hi : lR_lo, m, l);
-          if (kRegMerge) {
+          for (int d = 0; d < (kRegMerge ? 2 * PW : 1); ++d)
 #pragma unroll
-            for (int d = 0; d < (kRegMerge ? 2 * PW : 1); ++d)
-#pragma unroll
-              for (int e = 0; e < 2; ++e) accR[d][2 * h + e] = merge_elem(cf, accR[d][2 * h + e], acc[d][2 * h + e]);
-          } else if (r < nrows && (cf.kind != 0 || (kDivideAtEnd && !more))) {
-            // kDivideAtEnd: after the CTA's last split, out = acc / l right here, the division
-            // the pass after the loop makes of the merged state read back from out, without
-            // that round trip through global memory at the end of every decode step.
-            float* o = p.out + out_row(r);
-#pragma unroll
-            for (int d = 0; d < 2 * PW; ++d) {
-              const int c = 8 * (2 * dp0 + d) + 2 * tq;
-              if (c >= hd) continue;
-              const bool read = cf.kind == 2 || (kDivideAtEnd && cf.kind == 0);
-              const float2 prev = read ? *reinterpret_cast<const float2*>(o + c) : make_float2(0.0f, 0.0f);
-              float2 v = make_float2(merge_elem(cf, prev.x, acc[d][2 * h]), merge_elem(cf, prev.y, acc[d][2 * h + 1]));
-              if (kDivideAtEnd && !more) {
-                v = make_float2(__fdiv_rn(v.x, cf.l), __fdiv_rn(v.y, cf.l));
-                if (p.obf) *reinterpret_cast<uint32_t*>(p.obf + out_bf16_row(r) + c) = pack_bf16(v.x, v.y);
-              }
-              *reinterpret_cast<float2*>(o + c) = v;
-            }
-          }
+            for (int e = 0; e < 2; ++e) accR[d][2 * h + e] = merge_elem(cf, accR[d][2 * h + e], acc[d][2 * h + e]);
           if (h) mR_hi = cf.m, lR_hi = cf.l;
           else mR_lo = cf.m, lR_lo = cf.l;
         }
@@ -837,8 +932,8 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
   uint16_t* qs = reinterpret_cast<uint16_t*>(smem_raw + W::q_off);
   uint16_t* kvs = reinterpret_cast<uint16_t*>(smem_raw + W::kv_off);
   int32_t* slots_all = reinterpret_cast<int32_t*>(smem_raw + W::slot_off);
-  float* xmax_all = reinterpret_cast<float*>(smem_raw + W::xmax_off);
-  float* xsum_all = reinterpret_cast<float*>(smem_raw + W::xsum_off);
+  uint32_t* xmax_all = reinterpret_cast<uint32_t*>(smem_raw + W::xmax_off);
+  uint32_t* xsum_all = reinterpret_cast<uint32_t*>(smem_raw + W::xsum_off);
   uint32_t* xp_all = reinterpret_cast<uint32_t*>(smem_raw + W::xp_off);
   float* mts = reinterpret_cast<float*>(smem_raw + W::mt_off);   // [2][P][16]
   float* pss = reinterpret_cast<float*>(smem_raw + W::ps_off);   // [2][P][16]
@@ -858,12 +953,16 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
   uint16_t* kt = kvs + (2 * grp) * KT * LD;
   uint16_t* vt = kvs + (2 * grp + 1) * KT * LD;
   int32_t* slots = slots_all + grp * KT;
-  float* xmax = xmax_all + grp * 256;
-  float* xsum = xsum_all + grp * 256;
+  uint32_t* xmax = xmax_all + grp * 256;  // the group's exchange words, as the SH CTA's
+  uint32_t* xsum = xsum_all + grp * 256;
   uint32_t* xp = xp_all + grp * 512;
+  auto xmax_word = [&](int v, int i) { return xmax + v * 64 + i; };
+  auto xsum_word = [&](int v, int i) { return xsum + v * 64 + i; };
+  auto xp_word = [&](int i) { return xp + i; };
 
-  auto run_tok = [&](int rr) { return p.group_shift >= 0 ? rr >> p.group_shift : rr / G; };
-  auto run_head = [&](int rr) { return kvh * G + (p.group_shift >= 0 ? rr & (G - 1) : rr % G); };
+  const RunRows rows{tok0, kvh, r0, G, p.group_shift, p.n_heads, hd, p.obf_ld};
+  auto run_tok = [&](int rr) { return rows.tok(rr); };
+  auto run_head = [&](int rr) { return rows.head(rr); };
   auto slot_of = [&](int key) -> int {
     if (key > max_pos) return -1;
     if (p.bs_shift >= 0) return table[key >> p.bs_shift] * p.block_size + (key & (p.block_size - 1));
@@ -928,14 +1027,6 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[d][e] = 0.0f;
   float mR_lo = kNegInf, mR_hi = kNegInf, lR_lo = 0.0f, lR_hi = 0.0f;
-  auto out_row = [&](int r) -> int64_t {
-    const int rr = r0 + r;
-    return (static_cast<int64_t>(tok0 + run_tok(rr)) * p.n_heads + run_head(rr)) * hd;
-  };
-  auto out_bf16_row = [&](int r) -> int64_t {
-    const int rr = r0 + r;
-    return static_cast<int64_t>(tok0 + run_tok(rr)) * p.obf_ld + static_cast<int64_t>(run_head(rr)) * hd;
-  };
 
   __syncthreads();  // q and the first slots are in shared memory
   int sh_split = s_begin, sh_left = p.split_tiles, par = 0;
@@ -949,41 +1040,12 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
       cp_async_wait<0>();
       group_sync(1 + grp);  // this group's K and V landed
       // S for keys 16w..16w + 15 of the tile (the SH warp's n-tiles j0, j0 + 1).
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
-      uint32_t qa[2][4], kb[2][4];
-      auto load_qk = [&](int c, int b) {
-        ldsm_x4(qa[b], qs + (lane & 15) * LD + c * 16 + (lane >> 4) * 8);
-        ldsm_x4(kb[b], kt + (w * 16 + (lane & 7) + (lane >> 4) * 8) * LD + c * 16 + ((lane >> 3) & 1) * 8);
-      };
-      load_qk(0, 0);
-#pragma unroll
-      for (int c = 0; c < NC; ++c) {
-        if (c + 1 < NC) load_qk(c + 1, (c + 1) & 1);
-        mma_bf16(s[0], qa[c & 1], kb[c & 1][0], kb[c & 1][1]);
-        mma_bf16(s[1], qa[c & 1], kb[c & 1][2], kb[c & 1][3]);
-      }
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
-          s[j][e] = key <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[j][e], p.scale) : kNegInf;
-        }
-      xmax[w * 64 + lane] = max_sel(max_sel(s[0][0], s[0][1]), max_sel(s[1][0], s[1][1]));
-      xmax[w * 64 + 32 + lane] = max_sel(max_sel(s[0][2], s[0][3]), max_sel(s[1][2], s[1][3]));
+      warp_s<NC, LD>(s, qs, kt, w, lane, hd);
+      scale_rows<true>(s, p0, j0, tq, pos_lo, pos_hi, p.scale);
+      xmax[w * 64 + lane] = __float_as_uint(pair_subtree(s, 0, max_sel));
+      xmax[w * 64 + 32 + lane] = __float_as_uint(pair_subtree(s, 1, max_sel));
       group_sync(1 + grp);
-      float a[4], b[4];
-#pragma unroll
-      for (int v = 0; v < 4; ++v) a[v] = xmax[v * 64 + lane], b[v] = xmax[v * 64 + 32 + lane];
-      mt_lo = tree<4>(a, max_sel), mt_hi = tree<4>(b, max_sel);
-#pragma unroll
-      for (int o = 1; o <= 2; o <<= 1) {
-        mt_lo = max_sel(mt_lo, __shfl_xor_sync(0xffffffffu, mt_lo, o));
-        mt_hi = max_sel(mt_hi, __shfl_xor_sync(0xffffffffu, mt_hi, o));
-      }
+      finish_rows<4>(max_sel, xmax_word, lane, mt_lo, mt_hi);
       if (w == 0 && tq == 0) mts[(par * P + grp) * 16 + g] = mt_lo, mts[(par * P + grp) * 16 + g + 8] = mt_hi;
     }
     __syncthreads();  // every group's row maxima
@@ -1010,51 +1072,23 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
       }
       const float mn_lo = max_sel(ml, mt_lo), mn_hi = max_sel(mh, mt_hi);
       // p and its row sum (the SH trees), bf16(p) as the A fragments of P·V.
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = p0 + 8 * (j0 + j) + 2 * tq + (e & 1);
-          const float d = __fsub_rn(s[j][e], e < 2 ? mn_lo : mn_hi);
-          s[j][e] = key <= (e < 2 ? pos_lo : pos_hi) ? det_expf(d) : 0.0f;
-        }
-      xsum[w * 64 + lane] = add_rn(add_rn(s[0][0], s[0][1]), add_rn(s[1][0], s[1][1]));
-      xsum[w * 64 + 32 + lane] = add_rn(add_rn(s[0][2], s[0][3]), add_rn(s[1][2], s[1][3]));
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        xp[64 * (j0 + j) + lane] = pack_bf16(s[j][0], s[j][1]);
-        xp[64 * (j0 + j) + 32 + lane] = pack_bf16(s[j][2], s[j][3]);
-      }
+      exp_rows<true>(s, p0, j0, tq, pos_lo, pos_hi, mn_lo, mn_hi);
+      xsum[w * 64 + lane] = __float_as_uint(pair_subtree(s, 0, add_rn));
+      xsum[w * 64 + 32 + lane] = __float_as_uint(pair_subtree(s, 1, add_rn));
+      store_p(s, j0, lane, xp_word);
       group_sync(1 + grp);
-      float a[4], b[4];
-#pragma unroll
-      for (int v = 0; v < 4; ++v) a[v] = xsum[v * 64 + lane], b[v] = xsum[v * 64 + 32 + lane];
-      float ps_lo = tree<4>(a, add_rn), ps_hi = tree<4>(b, add_rn);
-#pragma unroll
-      for (int o = 1; o <= 2; o <<= 1) {
-        ps_lo = __fadd_rn(ps_lo, __shfl_xor_sync(0xffffffffu, ps_lo, o));
-        ps_hi = __fadd_rn(ps_hi, __shfl_xor_sync(0xffffffffu, ps_hi, o));
-      }
+      float ps_lo, ps_hi;
+      finish_rows<4>(add_rn, xsum_word, lane, ps_lo, ps_hi);
       if (w == 0 && tq == 0) pss[(par * P + grp) * 16 + g] = ps_lo, pss[(par * P + grp) * 16 + g + 8] = ps_hi;
       uint32_t pa[4][4];
-#pragma unroll
-      for (int kc = 0; kc < 4; ++kc)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) pa[kc][i] = xp[128 * kc + 32 * i + lane];
-      // o = P·V for this warp's column pairs, keys in chunks of 16 in increasing order, from +0.
+      load_p(pa, lane, xp_word);
+      // o = P·V for this warp's column pairs (not folded yet).
 #pragma unroll
       for (int dl = 0; dl < PW; ++dl) {
-        const int dp = dp0 + dl;
         uint32_t vb[4][4];
-#pragma unroll
-        for (int kc = 0; kc < 4; ++kc)
-          ldsm_x4_trans(vb[kc], vt + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
-        float o[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-        for (int kc = 0; kc < 4; ++kc) {
-          mma_bf16(o[0], pa[kc], vb[kc][0], vb[kc][1]);
-          mma_bf16(o[1], pa[kc], vb[kc][2], vb[kc][3]);
-        }
+        load_v_frags<LD>(vb, vt, dp0 + dl, lane);
+        float o[2][4];
+        pv_pair(o, pa, vb);
 #pragma unroll
         for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -1092,42 +1126,13 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
     sh_left -= P;
     if (!more || sh_left == 0) {
       if (grp == 0) {
-        const int split = sh_split;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = h ? r_hi : r_lo;
-          const float m = h ? m_hi : m_lo, l = h ? l_hi : l_lo;
-          if (pbase >= 0) {
-            if (r < nrows) {
-              float* wp = p.ws + static_cast<int64_t>(pbase + (split - s_begin) * nrows + r) * (hd + 2);
-              if (tq == 0 && tid < 32) wp[0] = m, wp[1] = l;
-#pragma unroll
-              for (int d = 0; d < 2 * PW; ++d) {
-                const int c = 8 * (2 * dp0 + d) + 2 * tq;
-                *reinterpret_cast<float2*>(wp + 2 + c) = make_float2(acc[d][2 * h], acc[d][2 * h + 1]);
-              }
-            }
-          } else {
-            const MergeCoef cf = merge_coef(h ? mR_hi : mR_lo, h ? lR_hi : lR_lo, m, l);
-            if (r < nrows && (cf.kind != 0 || !more)) {
-              float* o = p.out + out_row(r);
-#pragma unroll
-              for (int d = 0; d < 2 * PW; ++d) {
-                const int c = 8 * (2 * dp0 + d) + 2 * tq;
-                const bool read = cf.kind == 2 || cf.kind == 0;
-                const float2 prev = read ? *reinterpret_cast<const float2*>(o + c) : make_float2(0.0f, 0.0f);
-                float2 v = make_float2(merge_elem(cf, prev.x, acc[d][2 * h]), merge_elem(cf, prev.y, acc[d][2 * h + 1]));
-                if (!more) {
-                  v = make_float2(__fdiv_rn(v.x, cf.l), __fdiv_rn(v.y, cf.l));
-                  if (p.obf) *reinterpret_cast<uint32_t*>(p.obf + out_bf16_row(r) + c) = pack_bf16(v.x, v.y);
-                }
-                *reinterpret_cast<float2*>(o + c) = v;
-              }
-            }
-            if (h) mR_hi = cf.m, lR_hi = cf.l;
-            else mR_lo = cf.m, lR_lo = cf.l;
-          }
-        }
+        const int split = sh_split, rr[2] = {r_lo, r_hi};
+        const float mm[2] = {m_lo, m_hi}, ll[2] = {l_lo, l_hi};
+        float mR[2] = {mR_lo, mR_hi}, lR[2] = {lR_lo, lR_hi};
+        auto ws_row = [&](int r) { return p.ws + static_cast<int64_t>(pbase + (split - s_begin) * nrows + r) * (hd + 2); };
+        end_split_rows<PW>(pbase >= 0, ws_row, p.out, p.obf, rows, nrows, rr, mm, ll, mR, lR, tq == 0 && tid < 32, true,
+                           !more, !more, acc, dp0, tq, hd);
+        mR_lo = mR[0], mR_hi = mR[1], lR_lo = lR[0], lR_hi = lR[1];
         l_lo = l_hi = 0.0f;
 #pragma unroll
         for (int d = 0; d < 2 * PW; ++d)

@@ -944,7 +944,8 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
   const int s_begin = item[5], s_end = item[6], pbase = item[7];
   const int tid = threadIdx.x, grp = tid >> 7, gt = tid & 127, w = gt >> 5, lane = tid & 31;
   const int g = lane >> 2, tq = lane & 3, j0 = 2 * w, dp0 = w * PW;
-  const int hd = p.head_dim, G = p.group;
+  constexpr int hd = HD;  // the launcher runs this kernel only where p.head_dim == HD
+  const int G = p.group;
   const int32_t* table = p.tables + p.table_off[tok0];
   const uint16_t* kbase = p.kc + static_cast<int64_t>(kvh) * hd;
   const uint16_t* vbase = p.vc + static_cast<int64_t>(kvh) * hd;

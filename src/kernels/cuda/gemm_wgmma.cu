@@ -32,7 +32,7 @@
 // it in turn, and that GEMM's CTAs take each SM the moment this one's CTA leaves it and load
 // their first weight tiles while the rest of this grid, the norm and the kernel boundaries run.
 // Triggering after the K loop instead left each SM idle from its CTA's exit until the whole grid
-// had finished (H200, batch 1: 230 -> 235 tok/s; the GEMMs alone, the other kernels left out,
+// had finished (H200, batch 1: 231.4 -> 238.8 tok/s; the GEMMs alone, the other kernels left out,
 // 3.94 -> 3.71 ms a step). DETINFER_GEMM_EARLY=0 triggers after the K loop, for timing.
 //
 // Outputs in parts (GemmParts): the stacked q/k/v or gate/up weights run as one GEMM whose

@@ -15,6 +15,7 @@
 #include "cuda_ops_test_util.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/attention.h"
 
 using namespace detinfer;
 using namespace cuda_ops_test;
@@ -524,6 +525,96 @@ TEST(CudaOpsFusion, RopeWithAttentionGivesTheSeparateBits) {
         got[separate].push_back(out.download());
       }
     }
+    ASSERT_EQ(got[0].size(), got[1].size());
+    const char* what[3] = {"q", "k", "attention output"};
+    for (size_t i = 0; i < got[0].size(); ++i)
+      EXPECT_EQ(first_bit_difference(got[0][i].data(), got[1][i].data(),
+                                     static_cast<int64_t>(got[0][i].size())), -1)
+          << "variant " << variant << " step " << i / 3 << " " << what[i % 3];
+  }
+}
+
+// Decode steps of head_dim 128 at small batch: the attention kernel rotates q and k and writes
+// the cache rows itself (cuda::attention_fuses_rope). Against the same calls with that fusion off
+// (rope_kv_write, then the attention): the same q, k and outputs at every step, for a prefill and
+// then decode steps whose new key falls in each group of a round of four tiles, at the first and
+// last row of a tile, in a second round, and past one split (two CTAs per row: the merge kernel
+// stores the rotated q). The cache rows written by one step are read by the next, so a wrong
+// cache write shows there.
+TEST(CudaOpsFusion, RopeInsideDecodeAttentionGivesTheSeparateBits) {
+  CUDA_OPS_REQUIRE_GPU();
+  for (int variant = 0; variant < 2; ++variant) {
+    ModelConfig c = small_config(variant == 1, false);
+    c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 128, c.rope.rotary_dim = 128;
+    const int64_t Q = int64_t{c.n_heads} * c.head_dim, KV = int64_t{c.n_kv_heads} * c.head_dim;
+    // Four sequences with their own blocks (in reverse order, so slots are not positions);
+    // prompts of 61, 170, 250 and 505 tokens, then 24 decode steps of the first three and 10 of
+    // all four. New keys: 61..94 (tiles 0, 1), 170..203 (tiles 2, 3), 250..283 (tiles 3, 4: the
+    // second round), 505..514 (past 511 the row has two splits).
+    const int32_t prompt[4] = {61, 170, 250, 505};
+    auto table = [](int s) {
+      std::vector<int32_t> t;
+      for (int32_t i = 0; i < 150; ++i) t.push_back(599 - (150 * s + i));
+      return t;
+    };
+    struct Step {
+      std::vector<int32_t> seqs;
+      std::vector<int32_t> pos;  // per token
+    };
+    std::vector<Step> steps;
+    {
+      Step pre;
+      for (int s = 0; s < 4; ++s)
+        for (int32_t p = 0; p < prompt[s]; ++p) pre.seqs.push_back(s), pre.pos.push_back(p);
+      steps.push_back(pre);
+    }
+    for (int i = 0; i < 34; ++i) {
+      Step d;
+      for (int s = 0; s < (i < 24 ? 3 : 4); ++s) d.seqs.push_back(s), d.pos.push_back(prompt[s] + (s < 3 ? i : i - 24));
+      steps.push_back(d);
+    }
+    {  // the last step: fused, and its last row split over two CTAs
+      const Step& last = steps.back();
+      const cuda::AttentionPlan plan =
+          cuda::plan_attention(last.pos.data(), last.seqs.data(), static_cast<int64_t>(last.pos.size()),
+                               c.n_heads, c.n_kv_heads, c.head_dim);
+      EXPECT_TRUE(cuda::attention_fuses_rope(plan));
+      EXPECT_GT(plan.n_merge, 0);
+    }
+    std::vector<std::vector<float>> got[2];
+    int64_t rope_launches[2] = {0, 0};
+    for (int fusion = 0; fusion < 2; ++fusion) {
+      cuda::set_attention_rope_fusion(fusion == 1);
+      const int64_t before = cuda::attention_rope_launches();
+      CudaOps ops(0);
+      ops.init(c, small_kv(c));
+      for (size_t si = 0; si < steps.size(); ++si) {
+        const Step& st = steps[si];
+        const int64_t T = static_cast<int64_t>(st.pos.size());
+        StepBatch b;
+        b.tokens.assign(st.pos.size(), 1);
+        b.pos = st.pos;
+        b.seq = st.seqs;
+        b.block_tables = {table(0), table(1), table(2), table(3)};
+        b.logit_tokens = {0};
+        DeviceArray q(ops, 0, T * Q), k(ops, 1, T * KV), v(ops, 2, T * KV), out(ops, 3, T * Q);
+        q.upload(random_normal(T * Q, 500 + si + 1000 * variant));
+        k.upload(random_normal(T * KV, 600 + si + 1000 * variant));
+        v.upload(random_normal(T * KV, 700 + si + 1000 * variant));
+        out.poison();
+        ops.begin_step(b);
+        ops.rope(q.ptr, c.n_heads);
+        ops.rope(k.ptr, c.n_kv_heads);
+        ops.attention(0, q.ptr, k.ptr, v.ptr, out.ptr);
+        got[fusion].push_back(q.download());
+        got[fusion].push_back(k.download());
+        got[fusion].push_back(out.download());
+      }
+      rope_launches[fusion] = cuda::attention_rope_launches() - before;
+    }
+    cuda::set_attention_rope_fusion(true);
+    EXPECT_EQ(rope_launches[0], 0) << "variant " << variant;
+    EXPECT_EQ(rope_launches[1], 34) << "variant " << variant << ": every decode step";
     ASSERT_EQ(got[0].size(), got[1].size());
     const char* what[3] = {"q", "k", "attention output"};
     for (size_t i = 0; i < got[0].size(); ++i)

@@ -43,7 +43,9 @@
 // warp kernel's) also writes the round-to-nearest-even bf16 of the fp32 value it stores.
 // Every kernel here starts with griddepcontrol.launch_dependents (pdl.cuh): a dependent launched
 // with programmatic serialization may start its prologue early; its griddepcontrol.wait still
-// returns only after this grid has finished and its writes are visible, so no bit changes.
+// returns only after this grid has finished and its writes are visible, so no bit changes. The
+// decode CTAs read their item, positions and block table (step metadata, which no kernel writes)
+// before their own wait, and q and the cache after it.
 #include "kernels/cuda/attention.h"
 
 #include <cuda_bf16.h>
@@ -65,6 +67,8 @@ namespace {
 
 std::atomic<int> g_split{kAttnDefaultSplit};
 std::atomic<bool> g_wide{true};
+std::atomic<bool> g_rope_fusion{true};
+std::atomic<int64_t> g_rope_launches{0};
 std::atomic<int64_t> g_wide_launches{0};
 
 constexpr int KT = kAttnKeyTile;
@@ -90,6 +94,7 @@ struct Params {
   // shift and a mask instead of an integer division (about twenty instructions) in the slot
   // and row lookups.
   int bs_shift, group_shift;
+  RopeInAttention rope;  // attn_wide_kernel<true> only
 };
 
 // ---- small device functions ----------------------------------------------------------------------
@@ -421,7 +426,7 @@ template <int HDP, int NW, int NB, bool SH>
 __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 3 ? 4 : NB == 3 || SH ? 3 : 1) : 1)
     attn_tc_kernel(const Params p, const int32_t* __restrict__ items) {
   pdl_launch_dependents();
-  pdl_wait();
+  if constexpr (!SH) pdl_wait();  // (SH: after the metadata loads, below)
   using Shape = TcShape<HDP, NW, NB, SH>;
   constexpr int LD = Shape::LD, NT = NW * 32, NC = HDP / 16, ND = HDP / 8;
   // P·V: pairs of 8-wide column tiles per warp (PW); SH: this warp's first pair dp0. The
@@ -492,6 +497,10 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 && HDP == 128 ? (SH && NB == 
   const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
   auto row_pos = [&](int r) { return r < nrows ? p.pos[tok0 + run_tok(r0 + r)] : -1; };
   int pos_lo = SH ? row_pos(r_lo) : 0, pos_hi = SH ? row_pos(r_hi) : 0;
+  // SH: the loads so far read only the step's metadata (the item, positions, block tables),
+  // uploaded by copies before the step's first kernel and written by no kernel; they overlap the
+  // kernel before this one. q and the cache rows are read after the wait.
+  if constexpr (SH) pdl_wait();
   // q rows, rounded to bf16; padding rows and columns zero.
   constexpr int QN = Shape::QROWS * (HDP / 2);  // float2 words
   auto q_word = [&](int i) {
@@ -923,9 +932,18 @@ struct WideShape {
 
 __device__ __forceinline__ void group_sync(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
 
+// ROPE (decode steps of one token per sequence, each row in one CTA): the kernel also does what
+// rope_kv_write would have done before it, with its arithmetic and roundings, so the same bits.
+// The item's token is the only new one of its sequence, so its row (key max_pos) is the only key
+// this step writes: the copies of every other key of the first round are issued before pdl_wait
+// (written in earlier steps, and by no kernel of this one), and the new row, rotated from the
+// q/k/v GEMM's output after the wait, goes into the tile buffer and the cache from registers.
+// q is rotated as it goes into shared memory; the rotated q and k are also stored back (q of
+// rows split over several CTAs by the merge kernel, which runs after all of them have read it).
+constexpr int kSlotNew = -2;  // ROPE: the tile row of this step's key (no copy: written directly)
+template <bool ROPE>
 __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Params p, const int32_t* __restrict__ items) {
   pdl_launch_dependents();
-  pdl_wait();
   using W = WideShape;
   constexpr int LD = W::LD, P = W::P, PW = W::PW, HD = W::HD, NC = HD / 16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -966,6 +984,7 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
   auto run_head = [&](int rr) { return rows.head(rr); };
   auto slot_of = [&](int key) -> int {
     if (key > max_pos) return -1;
+    if (ROPE && key == max_pos) return kSlotNew;
     if (p.bs_shift >= 0) return table[key >> p.bs_shift] * p.block_size + (key & (p.block_size - 1));
     return table[key / p.block_size] * p.block_size + key % p.block_size;
   };
@@ -975,32 +994,8 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
   int pos_lo = row_pos(r_lo), pos_hi = row_pos(r_hi);
   // Slots of this group's first tile, then q (all loads before the stores that use them).
   const int slot0 = gt < KT && t_begin + grp < t_end ? slot_of((t_begin + grp) * KT + gt) : -1;
-  constexpr int QN = 16 * (HD / 2);  // float2 words
-  static_assert(QN % W::NT == 0, "q words per thread");
-  float2 qv[QN / W::NT];
-#pragma unroll
-  for (int k = 0; k < QN / W::NT; ++k) {
-    const int i = tid + k * W::NT, r = i / (HD / 2), c = 2 * (i - r * (HD / 2));
-    qv[k] = make_float2(0.0f, 0.0f);
-    if (r < nrows) {
-      const int rr = r0 + r;
-      const int64_t row = static_cast<int64_t>(tok0 + run_tok(rr)) * p.n_heads + run_head(rr);
-      qv[k] = *reinterpret_cast<const float2*>(p.q + row * hd + c);
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < QN / W::NT; ++k) {
-    const int i = tid + k * W::NT, r = i / (HD / 2), c = 2 * (i - r * (HD / 2));
-    *reinterpret_cast<uint32_t*>(qs + r * LD + c) = pack_bf16(qv[k].x, qv[k].y);
-  }
-  int warp_last = max(pos_lo, pos_hi);
-#pragma unroll
-  for (int o = 16; o >= 1; o >>= 1) warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
-  if (r_lo >= nrows) pos_lo = warp_last;
-  if (r_hi >= nrows) pos_hi = warp_last;
-  if (gt < KT) slots[gt] = slot0;
-
-  // K and V of tile t into this group's buffers (16-byte copies, zeros for keys past max_pos).
+  // The copy issue of one tile into this group's buffers (16-byte copies, zeros for keys past
+  // max_pos; ROPE: none for the new row).
   const uint32_t kv_sh = static_cast<uint32_t>(__cvta_generic_to_shared(kvs));
   const int kv_row_bytes = p.n_kv_heads * hd * 2;
   auto issue = [&]() {
@@ -1012,6 +1007,7 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
 #pragma unroll
     for (int k = 0; k < KT / RSTEP; ++k) {
       const int slot = slots[cr + k * RSTEP];
+      if (ROPE && slot == kSlotNew) continue;
       const uint64_t off = uint64_t{static_cast<uint32_t>(max(slot, 0))} * static_cast<uint32_t>(kv_row_bytes);
       const uint32_t dr = 2 * k * RSTEP * LD;
       cp_async_s<16>(dk + dr, ksrc + off, slot < 0);
@@ -1019,6 +1015,100 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
     }
     cp_async_commit();
   };
+  // ROPE: this thread's q words (row qr, columns qc, qc + 1 and their partners qc + 64, qc + 65)
+  // and their cos/sin; the owner of the new key's tile (the group that reduces it) takes the new
+  // k/v row, one pair (gt, gt + 64) per thread gt < 64.
+  constexpr int HALF = HD / 2;
+  const int qr = tid >> 5, qc = 2 * (tid & 31);
+  int64_t q_at = -1;
+  float2 qcos = make_float2(1.0f, 1.0f), qsin = make_float2(0.0f, 0.0f);
+  const int tile_new = max_pos / KT;
+  const bool kv_thread = ROPE && t_begin <= tile_new && tile_new < t_end &&
+                         grp == (tile_new - t_begin) % P && gt < HALF;
+  float kcos = 1.0f, ksin = 0.0f;
+  int64_t new_row = 0;
+  if constexpr (ROPE) {
+    if (qr < nrows) {
+      const int rr = r0 + qr, t = tok0 + run_tok(rr);
+      q_at = (static_cast<int64_t>(t) * p.n_heads + run_head(rr)) * hd + qc;
+      const int64_t e = static_cast<int64_t>(p.pos[t]) * HALF + qc;
+      qcos = *reinterpret_cast<const float2*>(p.rope.cos + e);
+      qsin = *reinterpret_cast<const float2*>(p.rope.sin + e);
+    }
+    if (kv_thread) {
+      kcos = p.rope.cos[static_cast<int64_t>(max_pos) * HALF + gt];
+      ksin = p.rope.sin[static_cast<int64_t>(max_pos) * HALF + gt];
+      new_row = static_cast<int64_t>(p.rope.slots[tok0]) * p.n_kv_heads * hd + static_cast<int64_t>(kvh) * hd;
+    }
+    if (gt < KT) slots[gt] = slot0;
+    group_sync(1 + grp);
+    if (t_begin + grp < t_end) issue();  // the first round's cached keys
+  }
+  // Everything above reads only the step's metadata (the item, positions, block tables), the
+  // RoPE tables and (ROPE) cache rows of earlier steps: copies upload the first two before the
+  // step's first kernel, and no kernel writes any of them, so they load while the kernel before
+  // this one still runs. q, k, v and this step's cache rows are read after the wait.
+  pdl_wait();
+  uint16_t new_k[2] = {0, 0}, new_v[2] = {0, 0};  // ROPE, kv_thread: the new row's bf16 pairs
+  if constexpr (ROPE) {
+    float2 lo = make_float2(0.0f, 0.0f), hi = make_float2(0.0f, 0.0f);
+    if (q_at >= 0) {
+      const float2 x0 = *reinterpret_cast<const float2*>(p.rope.q + q_at);
+      const float2 x1 = *reinterpret_cast<const float2*>(p.rope.q + q_at + HALF);
+      lo.x = __fsub_rn(__fmul_rn(x0.x, qcos.x), __fmul_rn(x1.x, qsin.x));
+      hi.x = __fadd_rn(__fmul_rn(x1.x, qcos.x), __fmul_rn(x0.x, qsin.x));
+      lo.y = __fsub_rn(__fmul_rn(x0.y, qcos.y), __fmul_rn(x1.y, qsin.y));
+      hi.y = __fadd_rn(__fmul_rn(x1.y, qcos.y), __fmul_rn(x0.y, qsin.y));
+    }
+    float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
+    float* krow = p.rope.k + static_cast<int64_t>(tok0) * p.n_kv_heads * hd + static_cast<int64_t>(kvh) * hd;
+    const float* vrow = p.rope.v + static_cast<int64_t>(tok0) * p.n_kv_heads * hd + static_cast<int64_t>(kvh) * hd;
+    if (kv_thread) k0 = krow[gt], k1 = krow[gt + HALF], v0 = vrow[gt], v1 = vrow[gt + HALF];
+    *reinterpret_cast<uint32_t*>(qs + qr * LD + qc) = pack_bf16(lo.x, lo.y);
+    *reinterpret_cast<uint32_t*>(qs + qr * LD + qc + HALF) = pack_bf16(hi.x, hi.y);
+    // Stored back where this CTA is its rows' only one (else the merge kernel stores it, after
+    // every CTA has read q).
+    if (q_at >= 0 && pbase < 0) {
+      *reinterpret_cast<float2*>(p.rope.q + q_at) = lo;
+      *reinterpret_cast<float2*>(p.rope.q + q_at + HALF) = hi;
+    }
+    if (kv_thread) {
+      const float y0 = __fsub_rn(__fmul_rn(k0, kcos), __fmul_rn(k1, ksin));
+      const float y1 = __fadd_rn(__fmul_rn(k1, kcos), __fmul_rn(k0, ksin));
+      new_k[0] = __bfloat16_as_ushort(__float2bfloat16_rn(y0));
+      new_k[1] = __bfloat16_as_ushort(__float2bfloat16_rn(y1));
+      new_v[0] = __bfloat16_as_ushort(__float2bfloat16_rn(v0));
+      new_v[1] = __bfloat16_as_ushort(__float2bfloat16_rn(v1));
+      krow[gt] = y0, krow[gt + HALF] = y1;
+      p.rope.k_cache[new_row + gt] = new_k[0], p.rope.k_cache[new_row + gt + HALF] = new_k[1];
+      p.rope.v_cache[new_row + gt] = new_v[0], p.rope.v_cache[new_row + gt + HALF] = new_v[1];
+    }
+  } else {
+    constexpr int QN = 16 * (HD / 2);  // float2 words
+    static_assert(QN % W::NT == 0, "q words per thread");
+    float2 qv[QN / W::NT];
+#pragma unroll
+    for (int k = 0; k < QN / W::NT; ++k) {
+      const int i = tid + k * W::NT, r = i / (HD / 2), c = 2 * (i - r * (HD / 2));
+      qv[k] = make_float2(0.0f, 0.0f);
+      if (r < nrows) {
+        const int rr = r0 + r;
+        const int64_t row = static_cast<int64_t>(tok0 + run_tok(rr)) * p.n_heads + run_head(rr);
+        qv[k] = *reinterpret_cast<const float2*>(p.q + row * hd + c);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < QN / W::NT; ++k) {
+      const int i = tid + k * W::NT, r = i / (HD / 2), c = 2 * (i - r * (HD / 2));
+      *reinterpret_cast<uint32_t*>(qs + r * LD + c) = pack_bf16(qv[k].x, qv[k].y);
+    }
+  }
+  int warp_last = max(pos_lo, pos_hi);
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
+  if (r_lo >= nrows) pos_lo = warp_last;
+  if (r_hi >= nrows) pos_hi = warp_last;
+  if (!ROPE && gt < KT) slots[gt] = slot0;
 
   // The split's state (every thread: m; group 0: l and acc) and the merge of the splits before.
   float m_lo = kNegInf, m_hi = kNegInf, l_lo = 0.0f, l_hi = 0.0f;
@@ -1037,8 +1127,14 @@ __global__ void __launch_bounds__(WideShape::NT, 1) attn_wide_kernel(const Param
     const int p0 = t * KT;
     float mt_lo = 0.0f, mt_hi = 0.0f, s[2][4];
     if (valid) {
-      issue();
+      if (!ROPE || tb != t_begin) issue();  // (ROPE: the first round's went out before the wait)
       cp_async_wait<0>();
+      if (ROPE && kv_thread && t == tile_new) {  // the new row, from registers
+        uint16_t* kr = kt + (max_pos - p0) * LD;
+        uint16_t* vr = vt + (max_pos - p0) * LD;
+        kr[gt] = new_k[0], kr[gt + HALF] = new_k[1];
+        vr[gt] = new_v[0], vr[gt + HALF] = new_v[1];
+      }
       group_sync(1 + grp);  // this group's K and V landed
       // S for keys 16w..16w + 15 of the tile (the SH warp's n-tiles j0, j0 + 1).
       warp_s<NC, LD>(s, qs, kt, w, lane, hd);
@@ -1167,6 +1263,16 @@ __global__ void __launch_bounds__(32 * kMergeWarps) attn_merge_kernel(const Para
   const int32_t* rec = recs + static_cast<int64_t>(w) * kAttnRecordInts;
   const int tok = rec[0], head = rec[1], first = rec[2], stride = rec[3], count = rec[4];
   const int hd = p.head_dim;
+  if (p.rope.q) {  // RoPE inside the attention: this row's rotated q (rope_kernel's arithmetic)
+    float* qrow = p.rope.q + (static_cast<int64_t>(tok) * p.n_heads + head) * hd;
+    const int half = hd / 2;
+    const int64_t e = static_cast<int64_t>(p.pos[tok]) * half;
+    for (int i = lane; i < half; i += 32) {
+      const float x0 = qrow[i], x1 = qrow[i + half], c = p.rope.cos[e + i], sn = p.rope.sin[e + i];
+      qrow[i] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
+      qrow[i + half] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn));
+    }
+  }
   constexpr int kPer = kAttnTensorCoreMaxHeadDim / 64;  // float2 per lane
   float acc[kPer][2];
 #pragma unroll
@@ -1326,6 +1432,7 @@ void launch_tc(const Params& p, const int32_t* items, int n, cudaStream_t stream
              "attention launch", p, items);
 }
 
+template <bool ROPE>
 void launch_wide(const Params& p, const int32_t* items, int n, cudaStream_t stream) {
   constexpr size_t smem = WideShape::smem_bytes;
   static std::atomic<uint64_t> configured{0};
@@ -1333,13 +1440,15 @@ void launch_wide(const Params& p, const int32_t* items, int n, cudaStream_t stre
   check(cudaGetDevice(&dev), "cudaGetDevice");
   const uint64_t bit = uint64_t(1) << (dev & 63);
   if (!(configured.load() & bit)) {
-    check(cudaFuncSetAttribute(attn_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+    check(cudaFuncSetAttribute(attn_wide_kernel<ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
           "attention smem opt-in");
     configured.fetch_or(bit);
   }
-  launch_pdl(attn_wide_kernel, dim3(static_cast<unsigned>(n)), dim3(WideShape::NT), smem, stream,
-             "attention (tiles in parallel) launch", p, items);
+  launch_pdl(attn_wide_kernel<ROPE>, dim3(static_cast<unsigned>(n)), dim3(WideShape::NT), smem, stream,
+             ROPE ? "attention (tiles in parallel, RoPE) launch" : "attention (tiles in parallel) launch", p, items);
   ++g_wide_launches;
+  if (ROPE) ++g_rope_launches;
 }
 
 int sm_count() {
@@ -1364,11 +1473,16 @@ int sm_count() {
 // prologue that issues its loads together then took batch 1 from 13.8 to 9.1 us at 160 keys and
 // from 27.9 to 16.0 us at 512 (batch 8 at 512: 28.3 to 16.3; batch 64 and 256: 1-5%). Prefill
 // CTAs: three buffers, four for head_dim 256. A schedule only: the bits are the same.
+// The four-tiles kernel takes the plan's small items.
+bool wide_plan(const AttentionPlan& plan) {
+  return plan.head_dim == WideShape::HD && (plan.split / kAttnKeyTile) % kWideGroups == 0 && plan.n_small > 0 &&
+         plan.n_small <= sm_count() && g_wide.load();
+}
+
 template <int HDP>
 void launch_both(const Params& p, const AttentionPlan& plan, const int32_t* work, cudaStream_t stream) {
-  if (HDP == WideShape::HD && p.head_dim == HDP && p.vec16 && p.split_tiles % kWideGroups == 0 &&
-      plan.n_small > 0 && plan.n_small <= sm_count() && g_wide.load()) {
-    launch_wide(p, work, plan.n_small, stream);
+  if (HDP == WideShape::HD && p.vec16 && wide_plan(plan)) {
+    launch_wide<false>(p, work, plan.n_small, stream);
   } else if (plan.n_small <= 2 * sm_count()) launch_tc<HDP, 4, 4, true>(p, work, plan.n_small, stream);
   else launch_tc<HDP, 4, 3, true>(p, work, plan.n_small, stream);
   launch_tc<HDP, 4, HDP == 256 ? 4 : 3>(p, work + static_cast<int64_t>(plan.n_small) * kAttnRecordInts,
@@ -1384,6 +1498,14 @@ void set_attention_split(int keys) {
 }
 int attention_split() { return g_split.load(); }
 void set_attention_tiles_in_parallel(bool enabled) { g_wide = enabled; }
+void set_attention_rope_fusion(bool enabled) { g_rope_fusion = enabled; }
+int64_t attention_rope_launches() { return g_rope_launches.load(); }
+// Only items of the four-tiles kernel (no large items), and the item's token the only new key
+// of its sequence.
+bool attention_fuses_rope(const AttentionPlan& plan) {
+  return g_rope_fusion.load() && plan.one_token_per_sequence && plan.n_large == 0 && plan.n_simple == 0 &&
+         wide_plan(plan);
+}
 int64_t attention_tiles_in_parallel_launches() { return g_wide_launches.load(); }
 
 void kv_write_bf16(uint16_t* k_cache, uint16_t* v_cache, const float* k, const float* v, int64_t T,
@@ -1461,6 +1583,11 @@ AttentionPlan plan_attention(const int32_t* pos, const int32_t* seq, int64_t T, 
       }
     i = j;
   }
+  {
+    std::vector<int32_t> seqs(seq, seq + T);
+    std::sort(seqs.begin(), seqs.end());
+    plan.one_token_per_sequence = std::adjacent_find(seqs.begin(), seqs.end()) == seqs.end();
+  }
   // Longest CTAs first (the grid runs roughly in order): a schedule, not a change of any sum.
   auto by_work = [](const Rec& a, const Rec& b) { return a.tiles > b.tiles; };
   std::stable_sort(small.begin(), small.end(), by_work);
@@ -1505,6 +1632,16 @@ void attention_paged(const PagedAttentionArgs& a, const AttentionPlan& plan, con
                  plan.n_kv_heads, " kv heads × head_dim ", hd, " is 2 GiB or more");
   p.vec16 = hd % 8 == 0 && reinterpret_cast<uintptr_t>(a.k_cache) % 16 == 0 &&
             reinterpret_cast<uintptr_t>(a.v_cache) % 16 == 0;
+  if (a.rope.q) {
+    const RopeInAttention& r = a.rope;
+    DETINFER_CHECK(r.q == a.q && r.k && r.v && r.cos && r.sin && r.slots && r.k_cache == a.k_cache &&
+                       r.v_cache == a.v_cache,
+                   "attention: RoPE in attention needs q (the attention's), k, v, the tables, the slots and "
+                   "the attention's caches");
+    if (p.vec16 && attention_fuses_rope(plan)) p.rope = r;
+    else rope_kv_write(r.q, r.k, r.v, plan.T, plan.n_heads, plan.n_kv_heads, hd, a.pos, r.cos, r.sin, r.k_cache,
+                       r.v_cache, r.slots, stream);
+  }
   if (plan.n_simple > 0) {
     const int64_t blocks = (plan.n_simple + kSimpleWarps - 1) / kSimpleWarps;
     DETINFER_CHECK(blocks < (int64_t{1} << 31), "attention: too many rows");
@@ -1513,7 +1650,8 @@ void attention_paged(const PagedAttentionArgs& a, const AttentionPlan& plan, con
                stream, "attention (warp kernel) launch", p, plan.n_simple);
     return;
   }
-  if (hd <= 32) launch_both<32>(p, plan, work, stream);
+  if (p.rope.q) launch_wide<true>(p, work, plan.n_small, stream);  // (small items only: see there)
+  else if (hd <= 32) launch_both<32>(p, plan, work, stream);
   else if (hd <= 64) launch_both<64>(p, plan, work, stream);
   else if (hd <= 96) launch_both<96>(p, plan, work, stream);
   else if (hd <= 128) launch_both<128>(p, plan, work, stream);

@@ -60,6 +60,7 @@ struct AttentionPlan {
   int64_t n_simple = 0;       // head_dim > 256: rows of the warp kernel (T * n_heads)
   int64_t workspace_floats = 0;  // partials * (head_dim + 2); the workspace holds at least this
   int32_t split = 0;          // keys per split
+  bool one_token_per_sequence = false;  // no two of the step's tokens share a sequence (decode)
   int64_t T = 0;
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
 };
@@ -71,11 +72,28 @@ AttentionPlan plan_attention(const int32_t* pos, const int32_t* seq, int64_t T, 
                              int n_kv_heads, int head_dim,
                              AttentionSchedule schedule = AttentionSchedule::kAuto);
 
+// RoPE of q and k and the cache write of this step's k/v rows, done by attention_paged itself
+// (rope_kv_write's arithmetic and rounding, so the same bits): q and k arrive unrotated and leave
+// rotated, as after rope_kv_write. `q` and `k_cache`/`v_cache` are PagedAttentionArgs's q and
+// caches; k and v are the step's fp32 rows [T, n_kv_heads, head_dim]; cos/sin the tables
+// [position][head_dim / 2]; slots[T] the cache slots of the step's rows. Decode steps at small
+// batch run it inside the four-tiles kernel (attention_fuses_rope); any other step runs
+// rope_kv_write first, then the attention.
+struct RopeInAttention {
+  float* q = nullptr;  // null: no RoPE here (q rotated and the rows written before the call)
+  float* k = nullptr;
+  const float* v = nullptr;
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  const int32_t* slots = nullptr;
+  uint16_t* k_cache = nullptr;
+  uint16_t* v_cache = nullptr;
+};
 struct PagedAttentionArgs {
   const float* q = nullptr;           // [T, n_heads, head_dim], after RoPE; rounded to bf16 here
   float* out = nullptr;               // [T, n_heads, head_dim]
   const uint16_t* k_cache = nullptr;  // the layer's bf16 cache (kv_write_bf16 wrote this step's
-  const uint16_t* v_cache = nullptr;  // rows before this call)
+  const uint16_t* v_cache = nullptr;  // rows before this call, or `rope` below writes them)
   const int32_t* pos = nullptr;        // [T] device copies of the arrays the plan was made from
   const int32_t* table_off = nullptr;  // [T]: where token t's block table starts in `tables`
   const int32_t* tables = nullptr;     // flattened block tables
@@ -87,7 +105,14 @@ struct PagedAttentionArgs {
   // of 8; out_bf16 4-byte aligned; columns past n_heads * head_dim are not written.
   uint16_t* out_bf16 = nullptr;
   int64_t out_bf16_ld = 0;
+  RopeInAttention rope;  // optional (rope.q null: none)
 };
+// Whether attention_paged runs `rope` inside the attention kernels for this plan (one token per
+// sequence, head_dim 128, all items in the four-tiles kernel; with 16-byte aligned caches).
+bool attention_fuses_rope(const AttentionPlan& plan);
+// Tests and timing: false makes attention_paged run rope_kv_write first for every plan.
+void set_attention_rope_fusion(bool enabled);
+int64_t attention_rope_launches();  // launches of the kernel with RoPE inside so far (tests)
 
 // out = causal softmax(q·kᵀ·scale)·v for every token of the plan. work: the device copy of
 // plan.work; workspace: at least plan.workspace_floats floats (may be null when that is 0).

@@ -620,6 +620,9 @@ CudaOps::CudaOps(int device, bool deterministic) : impl_(std::make_unique<Impl>(
     if (pdl && std::string(pdl) == "0") cuda::set_pdl(false);
     const char* fs = std::getenv("DETINFER_FUSE_SWIGLU");
     impl_->fuse_swiglu = !(fs && std::string(fs) == "0");
+    // RoPE and the cache write inside the decode attention kernel (process-wide; for timing).
+    const char* fr = std::getenv("DETINFER_FUSE_ROPE");
+    if (fr && std::string(fr) == "0") cuda::set_attention_rope_fusion(false);
   }
   {
     cudaDeviceProp p{};
@@ -889,7 +892,9 @@ bool CudaOps::replay_forward() {
   s.require_step("replay_forward");
   if (!s.graphs || s.T > Impl::kGraphMaxTokens) return false;
   const cuda::AttentionPlan& ap = s.attn_plan;
-  const Impl::GraphKey key{s.T, s.L, ap.n_small, ap.n_large, ap.n_merge, ap.n_simple};
+  // (Whether the attention kernel does RoPE is part of what a recording holds.)
+  const Impl::GraphKey key{s.T, s.L, ap.n_small, ap.n_large, ap.n_merge, ap.n_simple,
+                           cuda::attention_fuses_rope(ap) ? 1 : 0};
   auto it = s.step_graphs.find(key);
   if (it != s.step_graphs.end()) {
     if (it->second.generation == s.generation) {
@@ -1147,7 +1152,10 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
                        pr[1].n_heads == s.kv.n_kv_heads) ||
                       (pr[1].x == q && pr[1].n_heads == s.config.n_heads && pr[0].x == k &&
                        pr[0].n_heads == s.kv.n_kv_heads));
-  if (fused) {
+  // At small decode batches the attention kernel does that rotation and write itself
+  // (cuda::attention_fuses_rope; DETINFER_FUSE_ROPE=0: never, for timing).
+  const bool rope_inside = fused && cuda::attention_fuses_rope(s.attn_plan);
+  if (fused && !rope_inside) {
     s.n_pending_rope = 0;
     DETINFER_PROFILE_OP(s, "rope+kv write T=" + std::to_string(s.T),
                         8.0 * s.T * (s.config.q_dim() + row) + 8.0 * s.T * row, 0);
@@ -1155,13 +1163,17 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
                         s.kv.n_kv_heads, s.config.head_dim, s.meta(s.layout.pos),
                         s.cos_dev.as<float>(), s.sin_dev.as<float>(), kc, vc,
                         s.meta(s.layout.slots), s.stream);
+  } else if (rope_inside) {
+    s.n_pending_rope = 0;
   } else {
     s.flush_rope();
     // New K/V go into the cache first; cached and new positions then go through the same loop.
     cuda::kv_write_bf16(kc, vc, k, v, s.T, row, s.meta(s.layout.slots), s.stream);
   }
-  DETINFER_PROFILE_OP(s, "attention T=" + std::to_string(s.T),
-                      s.attn_kv_bytes + 8.0 * s.T * s.config.q_dim(), 0);
+  DETINFER_PROFILE_OP(s, (rope_inside ? "rope+kv write+attention T=" : "attention T=") + std::to_string(s.T),
+                      s.attn_kv_bytes + 8.0 * s.T * s.config.q_dim() +
+                          (rope_inside ? 8.0 * s.T * (s.config.q_dim() + 2 * row) : 0.0),
+                      0);
   cuda::PagedAttentionArgs a;
   a.q = q, a.out = out, a.k_cache = kc, a.v_cache = vc;
   a.pos = s.meta(s.layout.pos);
@@ -1173,6 +1185,9 @@ void CudaOps::attention(int layer, const float* q, const float* k, const float* 
   // rounding pass.
   const int64_t Q = s.config.q_dim();
   if (s.twins) a.out_bf16 = s.bf16_input(s.T, Q), a.out_bf16_ld = Impl::twin_ld(Q);
+  if (rope_inside)
+    a.rope = cuda::RopeInAttention{const_cast<float*>(q), const_cast<float*>(k), v, s.cos_dev.as<float>(),
+                                   s.sin_dev.as<float>(), s.meta(s.layout.slots), kc, vc};
   cuda::attention_paged(a, s.attn_plan, s.meta(s.layout.attn), s.attn_workspace.as<float>(),
                         s.stream);
   if (s.twins) s.set_twin(out, s.T, Q);

@@ -65,6 +65,7 @@ __global__ void __launch_bounds__(kNormThreads)
     rmsnorm_kernel(float* x, const float* residual, int64_t D, const float* __restrict__ w,
                    float eps, float* y, uint16_t* twin, int64_t twin_ld) {
   pdl_launch_dependents();  // the next GEMM may start loading its weights
+  pdl_wait();
   __shared__ float warp_sums[kNormThreads / 32];
   float* xr = x + static_cast<int64_t>(blockIdx.x) * D;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * D;
@@ -72,15 +73,7 @@ __global__ void __launch_bounds__(kNormThreads)
   uint16_t* tr = twin ? twin + static_cast<int64_t>(blockIdx.x) * twin_ld : nullptr;
   float s = 0.0f;
   if constexpr (kHeld > 0) {
-    // The weights (uploaded at load, written by no kernel) load while the kernel before runs:
-    // from HBM they took longer than x and the residual, which that kernel just left in L2.
     float v[kHeld], wv[kHeld];
-#pragma unroll
-    for (int u = 0; u < kHeld; ++u) {
-      const int64_t i = threadIdx.x + u * kNormThreads;
-      wv[u] = i < D ? w[i] : 0.0f;
-    }
-    pdl_wait();
 #pragma unroll
     for (int u = 0; u < kHeld; ++u) {
       const int64_t i = threadIdx.x + u * kNormThreads;
@@ -102,6 +95,7 @@ __global__ void __launch_bounds__(kNormThreads)
     for (int u = 0; u < kHeld; ++u) {
       const int64_t i = threadIdx.x + u * kNormThreads;
       if (i < D) s = __fmaf_rn(v[u], v[u], s);
+      wv[u] = i < D ? w[i] : 0.0f;
     }
     const float r = norm_scale(s, D, eps, warp_sums);
 #pragma unroll
@@ -114,7 +108,6 @@ __global__ void __launch_bounds__(kNormThreads)
     }
     return;
   } else {
-    pdl_wait();
     // The loads of kNormBatch elements are issued before their sums; the fma order per thread
     // is unchanged: i = j, j+256, j+512, ...
     for (int64_t i0 = threadIdx.x; i0 < D; i0 += kNormThreads * kNormBatch) {
@@ -178,54 +171,36 @@ __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim,
 // [0, n_heads·half) rotate a pair of q; the next n_kv_heads·(head_dim − half) items each take one
 // kv head's pair (i, i + half) of k (rotated, stored back and cached) and of v (cached), or, for
 // an odd head_dim, its last unrotated element.
-// A thread's first item finds its position, cos, sin and cache slot before pdl_wait: the step's
-// metadata and the tables are uploaded by copies before the step's first kernel and written by
-// no kernel, and those chained loads (position, then the table entry) then overlap the kernel
-// before instead of following it. A decode step gives each thread exactly one item.
-struct RopeItem {
-  float c = 1.0f, sn = 0.0f;
-  int64_t dst = 0;  // the cache row's first element (k/v items)
-};
 __global__ void rope_kv_write_kernel(float* q, float* k, const float* __restrict__ v, int64_t T,
                                      int n_heads, int n_kv_heads, int head_dim,
                                      const int32_t* __restrict__ pos, const float* __restrict__ cos_tab,
                                      const float* __restrict__ sin_tab, uint16_t* k_cache,
                                      uint16_t* v_cache, const int32_t* __restrict__ slots) {
   pdl_launch_dependents();  // attention may start
+  pdl_wait();
   const int half = head_dim / 2, rest = head_dim - half;
   const int64_t per_tok = static_cast<int64_t>(n_heads) * half + static_cast<int64_t>(n_kv_heads) * rest;
   const int64_t n = T * per_tok, row = static_cast<int64_t>(n_kv_heads) * head_dim;
-  const int64_t q_items = static_cast<int64_t>(n_heads) * half;
-  auto fetch = [&](int64_t idx) {
-    RopeItem it;
-    const int64_t t = idx / per_tok, j = idx - t * per_tok;
-    const int64_t p = pos[t];
-    const int i = j < q_items ? static_cast<int>(j % half) : static_cast<int>((j - q_items) % rest);
-    if (i < half) it.c = cos_tab[p * half + i], it.sn = sin_tab[p * half + i];
-    if (j >= q_items) it.dst = static_cast<int64_t>(slots[t]) * row;
-    return it;
-  };
-  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const RopeItem first_item = first < n ? fetch(first) : RopeItem{};
-  pdl_wait();
-  for (int64_t idx = first; idx < n; idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const RopeItem it = idx == first ? first_item : fetch(idx);
-    const float c = it.c, sn = it.sn;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = idx / per_tok;
     int64_t j = idx - t * per_tok;
-    if (j < q_items) {
+    const int64_t p = pos[t];
+    if (j < static_cast<int64_t>(n_heads) * half) {
       const int h = static_cast<int>(j / half), i = static_cast<int>(j % half);
+      const float c = cos_tab[p * half + i], sn = sin_tab[p * half + i];
       float* x = q + (t * n_heads + h) * head_dim;
       const float x0 = x[i], x1 = x[i + half];
       x[i] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
       x[i + half] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn));
       continue;
     }
-    j -= q_items;
+    j -= static_cast<int64_t>(n_heads) * half;
     const int h = static_cast<int>(j / rest), i = static_cast<int>(j % rest);
     const int64_t src = t * row + static_cast<int64_t>(h) * head_dim;
-    const int64_t dst = it.dst + static_cast<int64_t>(h) * head_dim;
+    const int64_t dst = static_cast<int64_t>(slots[t]) * row + static_cast<int64_t>(h) * head_dim;
     if (i < half) {
+      const float c = cos_tab[p * half + i], sn = sin_tab[p * half + i];
       const float x0 = k[src + i], x1 = k[src + i + half];
       const float y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
       const float y1 = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn));

@@ -5,11 +5,13 @@
 // calls pdl_launch_dependents() to let the next one start early. Both are no-ops elsewhere.
 //
 // Every kernel launched through launch_pdl() calls pdl_wait() before it reads memory that an
-// earlier kernel writes and before it writes anything. That makes the order transitive: kernel
+// earlier kernel of the step writes and before it writes anything. That makes the order transitive: kernel
 // n + 2 waits for n + 1, which could not finish before n had. What a kernel may read before its
-// wait is what no kernel writes: weights and tables, uploaded (and waited for) at load, and a
-// step's metadata, which a copy uploads before the step's first kernel, a plain launch that
-// starts only once the copy is done, and after which every kernel of the step starts.
+// wait is what no kernel of the step writes: weights and tables, uploaded (and waited for) at
+// load; the step's metadata, which a copy uploads before the step's first kernel, a plain launch
+// that starts only once the copy is done, and after which every kernel of the step starts; and
+// what only earlier steps wrote (the decode attention's cached keys older than the step,
+// attention.cu), done before that copy.
 #pragma once
 #include <cuda_runtime.h>
 

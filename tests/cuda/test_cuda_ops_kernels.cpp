@@ -490,6 +490,16 @@ TEST(CudaOpsCpuRecipes, RopeIsBitwiseEqualToCpuAndCloseToFp64) {
   }
 }
 
+// got[0] and got[1]: the q, k and attention output of each step, in that order, from two ways of
+// running the same calls; every one bitwise equal.
+void expect_same_q_k_out(const std::vector<std::vector<float>>* got, int variant) {
+  ASSERT_EQ(got[0].size(), got[1].size());
+  const char* what[3] = {"q", "k", "attention output"};
+  for (size_t i = 0; i < got[0].size(); ++i)
+    EXPECT_EQ(first_bit_difference(got[0][i].data(), got[1][i].data(), static_cast<int64_t>(got[0][i].size())), -1)
+        << "variant " << variant << " step " << i / 3 << " " << what[i % 3];
+}
+
 // rope(q), rope(k), attention(q, k, v): CudaOps runs the rotations and the cache writes in one
 // kernel (rope_kv_write). Against the same calls with a copy to the host between them (which runs
 // the rotations on their own, then the plain cache write): the same q, k, outputs and cache (the
@@ -525,12 +535,7 @@ TEST(CudaOpsFusion, RopeWithAttentionGivesTheSeparateBits) {
         got[separate].push_back(out.download());
       }
     }
-    ASSERT_EQ(got[0].size(), got[1].size());
-    const char* what[3] = {"q", "k", "attention output"};
-    for (size_t i = 0; i < got[0].size(); ++i)
-      EXPECT_EQ(first_bit_difference(got[0][i].data(), got[1][i].data(),
-                                     static_cast<int64_t>(got[0][i].size())), -1)
-          << "variant " << variant << " step " << i / 3 << " " << what[i % 3];
+    expect_same_q_k_out(got, variant);
   }
 }
 
@@ -615,12 +620,7 @@ TEST(CudaOpsFusion, RopeInsideDecodeAttentionGivesTheSeparateBits) {
     cuda::set_attention_rope_fusion(true);
     EXPECT_EQ(rope_launches[0], 0) << "variant " << variant;
     EXPECT_EQ(rope_launches[1], 34) << "variant " << variant << ": every decode step";
-    ASSERT_EQ(got[0].size(), got[1].size());
-    const char* what[3] = {"q", "k", "attention output"};
-    for (size_t i = 0; i < got[0].size(); ++i)
-      EXPECT_EQ(first_bit_difference(got[0][i].data(), got[1][i].data(),
-                                     static_cast<int64_t>(got[0][i].size())), -1)
-          << "variant " << variant << " step " << i / 3 << " " << what[i % 3];
+    expect_same_q_k_out(got, variant);
   }
 }
 

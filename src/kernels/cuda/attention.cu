@@ -1417,17 +1417,7 @@ template <int HDP, int NW, int NB, bool SH = false>
 void launch_tc(const Params& p, const int32_t* items, int n, cudaStream_t stream) {
   if (n <= 0) return;
   const size_t smem = TcShape<HDP, NW, NB, SH>::smem_bytes;
-  // The shared-memory opt-in is per device: set it once per device and instance.
-  static std::atomic<uint64_t> configured{0};
-  int dev = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(configured.load() & bit)) {
-    check(cudaFuncSetAttribute(attn_tc_kernel<HDP, NW, NB, SH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem)),
-          "attention smem opt-in");
-    configured.fetch_or(bit);
-  }
+  opt_in_dynamic_smem<attn_tc_kernel<HDP, NW, NB, SH>>(smem, "attention smem opt-in");
   launch_pdl(attn_tc_kernel<HDP, NW, NB, SH>, dim3(static_cast<unsigned>(n)), dim3(NW * 32), smem, stream,
              "attention launch", p, items);
 }
@@ -1435,16 +1425,7 @@ void launch_tc(const Params& p, const int32_t* items, int n, cudaStream_t stream
 template <bool ROPE>
 void launch_wide(const Params& p, const int32_t* items, int n, cudaStream_t stream) {
   constexpr size_t smem = WideShape::smem_bytes;
-  static std::atomic<uint64_t> configured{0};
-  int dev = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(configured.load() & bit)) {
-    check(cudaFuncSetAttribute(attn_wide_kernel<ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem)),
-          "attention smem opt-in");
-    configured.fetch_or(bit);
-  }
+  opt_in_dynamic_smem<attn_wide_kernel<ROPE>>(smem, "attention smem opt-in");
   launch_pdl(attn_wide_kernel<ROPE>, dim3(static_cast<unsigned>(n)), dim3(WideShape::NT), smem, stream,
              ROPE ? "attention (tiles in parallel, RoPE) launch" : "attention (tiles in parallel) launch", p, items);
   ++g_wide_launches;

@@ -19,6 +19,7 @@
 
 #include "common/error.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace detinfer::cuda {
 
@@ -255,17 +256,7 @@ template <int MT>
 void launch_small_m(const float* x, int64_t M, const GemmWeight& w, const float* bias, float* y,
                     cudaStream_t stream) {
   const size_t smem = kSkStages * (kSkBN * kSkLdW * sizeof(uint16_t) + 16 * MT * kSkLdX * sizeof(float));
-  // The shared-memory opt-in is per device: set it once per device and instance.
-  static std::atomic<uint64_t> configured{0};
-  int dev = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(configured.load() & bit)) {
-    check(cudaFuncSetAttribute(gemm_bf16_small_m_kernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem)),
-          "gemm small-M smem");
-    configured.fetch_or(bit);
-  }
+  opt_in_dynamic_smem<gemm_bf16_small_m_kernel<MT>>(smem, "gemm small-M smem");
   const dim3 grid(static_cast<unsigned>(w.Np / kSkBN));
   gemm_bf16_small_m_kernel<MT><<<grid, kSkThreads, smem, stream>>>(x, M, w.K, w.w, w.N, w.Kp, bias, y);
   check(cudaGetLastError(), "gemm small-M launch");

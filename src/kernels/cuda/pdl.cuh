@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdint>
 #include <utility>
 
 #include "kernels/cuda/launch.h"
@@ -56,6 +57,19 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, c
   cfg.attrs = attr;
   cfg.numAttrs = pdl_enabled().load(std::memory_order_relaxed) ? 1 : 0;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), what);
+}
+
+// The opt-in to more than 48 KB of dynamic shared memory for `Kernel`: it is per device (and per
+// kernel instance), so it is set the first time each device launches the kernel.
+template <auto Kernel>
+void opt_in_dynamic_smem(size_t bytes, const char* what) {
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (configured.load() & bit) return;
+  check(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), what);
+  configured.fetch_or(bit);
 }
 
 }  // namespace detinfer::cuda

@@ -68,6 +68,8 @@ class DeviceBuffer {
       cudaMemGetInfo(&free_b, &total_b);
       cudaGetLastError();
       const double gib = 1024.0 * 1024.0 * 1024.0;
+      if (err != cudaErrorMemoryAllocation)  // not a matter of size: say what CUDA said
+        fail("CUDA: cannot allocate ", what, " (", fixed(n / gib, 2), " GiB): ", cudaGetErrorString(err));
       fail("CUDA: out of GPU memory: ", what, " needs ", fixed(n / gib, 2), " GiB, ",
            fixed(free_b / gib, 2), " GiB of ", fixed(total_b / gib, 2), " GiB are free (",
            cudaGetErrorString(err), "). The bf16 weights and the bf16 KV cache must fit: use a "
@@ -189,15 +191,20 @@ struct CudaOps::Impl {
   };
   using GraphKey = std::vector<int64_t>;  // tokens, logit rows, the attention plan's counts
   std::map<GraphKey, StepGraph> step_graphs;
-  std::map<GraphKey, int> shapes_seen;
+  std::map<GraphKey, int> shapes_seen;  // steps of a shape that ran op by op to the end
   bool capturing = false;
   GraphKey capture_key;
+  // The shape of the step now running op by op: it counts as seen only once end_forward is
+  // reached, so a step that threw (out of memory while uploading weights) is not taken for one
+  // that put everything in place, and its retry runs op by op again instead of recording.
+  std::optional<GraphKey> eager_key;
   void drop_graphs() {
     for (auto& [key, g] : step_graphs) cudaGraphExecDestroy(g.exec);
     step_graphs.clear();
   }
   void abort_capture() {  // a forward pass that threw while being recorded
     n_pending_rope = 0;     // (its deferred rotations were part of the recording)
+    eager_key.reset();
     if (!capturing) return;
     cudaGraph_t g = nullptr;
     cudaStreamEndCapture(stream, &g);
@@ -738,6 +745,9 @@ void CudaOps::init(const ModelConfig& config, const KvCacheShape& kv) {
                      kv.num_blocks * kv.block_size <= 0x7fffffff,
                  "cuda: KV cache of ", kv.num_blocks, " blocks of ", kv.block_size,
                  " positions is out of range");
+  // Until the new cache is in place (its allocation may fail), no step may run on the old one.
+  s.initialized = false;
+  s.have_step = false;
   s.abort_capture();
   s.drop_graphs();
   s.shapes_seen.clear();
@@ -906,8 +916,11 @@ bool CudaOps::replay_forward() {
     s.step_graphs.erase(it);
   }
   // The first step of a shape runs op by op: it uploads the weights and grows the buffers that
-  // a recording must find in place. The second is recorded (and then run from the recording).
-  if (++s.shapes_seen[key] < 2) return false;
+  // a recording must find in place. The next is recorded (and then run from the recording).
+  if (s.shapes_seen[key] < 1) {
+    s.eager_key = key;
+    return false;
+  }
   if (s.step_graphs.size() >= Impl::kGraphMax) s.drop_graphs();
   check(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal), "CUDA graph capture");
   s.capturing = true;
@@ -918,7 +931,11 @@ bool CudaOps::replay_forward() {
 void CudaOps::end_forward() {
   Impl& s = *impl_;
   s.flush_rope();
-  if (!s.capturing) return;
+  if (!s.capturing) {
+    if (s.eager_key) ++s.shapes_seen[*s.eager_key];
+    s.eager_key.reset();
+    return;
+  }
   s.capturing = false;
   cudaGraph_t graph = nullptr;
   check(cudaStreamEndCapture(s.stream, &graph), "CUDA graph capture");

@@ -48,6 +48,13 @@ std::vector<float> prefill_logits(CudaOps& ops, const LoadedModel& m, const std:
   return logits;
 }
 
+// The reference: the same prefill on a CudaOps made for it.
+std::vector<float> fresh_logits(const LoadedModel& m, const KvCacheShape& kv, const std::vector<int32_t>& prompt) {
+  CudaOps fresh(0);
+  fresh.init(m.config, kv);
+  return prefill_logits(fresh, m, prompt);
+}
+
 void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
   ASSERT_EQ(a.size(), b.size()) << what;
   const int64_t d = cuda_ops_test::first_bit_difference(a.data(), b.data(), static_cast<int64_t>(a.size()));
@@ -89,9 +96,7 @@ TEST(CudaOutOfMemory, KvCacheLargerThanTheGpuIsAClearErrorAndTheObjectStaysUsabl
   const std::vector<int32_t> prompt = random_prompt(40, c.vocab_size, 5);
   const KvCacheShape small = cache_for(c, 4);
 
-  CudaOps fresh(0);
-  fresh.init(c, small);
-  const std::vector<float> ref = prefill_logits(fresh, m, prompt);
+  const std::vector<float> ref = fresh_logits(m, small, prompt);
 
   CudaOps gpu(0);
   gpu.init(c, small);
@@ -124,9 +129,7 @@ TEST(CudaOutOfMemory, WeightsThatDoNotFitAreAClearErrorAndTheStepRunsOnceMemoryI
   const std::vector<int32_t> prompt = random_prompt(24, c.vocab_size, 6);
   const KvCacheShape kv = cache_for(c, 2);
 
-  CudaOps fresh(0);
-  fresh.init(c, kv);
-  const std::vector<float> ref = prefill_logits(fresh, b, prompt);
+  const std::vector<float> ref = fresh_logits(b, kv, prompt);
 
   CudaOps gpu(0);
   gpu.set_cuda_graphs(true);

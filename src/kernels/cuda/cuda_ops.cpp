@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <optional>
 #include <string>
 #include <thread>
@@ -191,7 +192,7 @@ struct CudaOps::Impl {
   };
   using GraphKey = std::vector<int64_t>;  // tokens, logit rows, the attention plan's counts
   std::map<GraphKey, StepGraph> step_graphs;
-  std::map<GraphKey, int> shapes_seen;  // steps of a shape that ran op by op to the end
+  std::set<GraphKey> shapes_run;  // shapes whose step ran op by op to the end
   bool capturing = false;
   GraphKey capture_key;
   // The shape of the step now running op by op: it counts as seen only once end_forward is
@@ -750,7 +751,7 @@ void CudaOps::init(const ModelConfig& config, const KvCacheShape& kv) {
   s.have_step = false;
   s.abort_capture();
   s.drop_graphs();
-  s.shapes_seen.clear();
+  s.shapes_run.clear();
   ++s.generation;
   s.forget_twin();
   s.config = config;
@@ -917,7 +918,7 @@ bool CudaOps::replay_forward() {
   }
   // The first step of a shape runs op by op: it uploads the weights and grows the buffers that
   // a recording must find in place. The next is recorded (and then run from the recording).
-  if (s.shapes_seen[key] < 1) {
+  if (!s.shapes_run.count(key)) {
     s.eager_key = key;
     return false;
   }
@@ -932,7 +933,7 @@ void CudaOps::end_forward() {
   Impl& s = *impl_;
   s.flush_rope();
   if (!s.capturing) {
-    if (s.eager_key) ++s.shapes_seen[*s.eager_key];
+    if (s.eager_key) s.shapes_run.insert(*s.eager_key);
     s.eager_key.reset();
     return;
   }
